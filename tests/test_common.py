@@ -1,0 +1,80 @@
+"""Typed params configs, atomic writes and ids: the conventions every stage relies on."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from stages.common import ConfigError, UserError, atomic_path, from_dict, load_params, require, stable_id, write_json
+
+
+@dataclass(frozen=True)
+class Inner:
+    r: int = 16
+    modules: list[str] | str = "all-linear"
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    rate: float = 0.1
+    mode: Literal["a", "b"] = "a"
+    flag: bool = False
+    maybe: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self) -> None:
+        require(0 < self.rate < 1, "outer.rate", f"must be in (0, 1), got {self.rate}")
+
+
+def test_defaults_fill_missing_keys() -> None:
+    assert from_dict(Outer, {}, "outer") == Outer()
+
+
+def test_nested_values_and_unions_are_typed() -> None:
+    cfg = from_dict(Outer, {"rate": "2e-1", "inner": {"r": 8, "modules": ["q_proj"]}, "maybe": None}, "outer")
+    assert cfg.rate == 0.2 and cfg.inner.r == 8 and cfg.inner.modules == ["q_proj"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"nmae": "y"}, "outer.nmae is not a known key"),
+        ({"inner": {"rank": 4}}, "outer.inner.rank is not a known key"),
+        ({"rate": "fast"}, "outer.rate must be a number"),
+        ({"rate": 1.5}, "outer.rate must be in (0, 1), got 1.5"),
+        ({"mode": "c"}, "outer.mode must be one of a, b"),
+        ({"flag": "yes"}, "outer.flag must be true or false"),
+        ({"inner": {"r": 2.5}}, "outer.inner.r must be an integer"),
+        ({"inner": {"r": True}}, "outer.inner.r must be an integer"),
+        ({"inner": {"modules": [1]}}, "outer.inner.modules[0] must be a string"),
+        ({"inner": "big"}, "outer.inner must be a mapping"),
+    ],
+)
+def test_bad_params_name_the_key(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, raw, "outer")
+    assert message in str(err.value)
+
+
+def test_load_params_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="params.yaml: not valid YAML"):
+        load_params(bad)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    write_json({"a": 1}, target)
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-written")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_stable_id_depends_on_every_part() -> None:
+    assert stable_id("a.md", 0, "text") == stable_id("a.md", 0, "text")
+    assert len({stable_id("a.md", 0, "text"), stable_id("a.md", 1, "text"), stable_id("b.md", 0, "text")}) == 3

@@ -1,0 +1,193 @@
+"""Stage extract: markup stripping, chunk arithmetic, code mining over a tree, BYO pairs, bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from stages.common import ConfigError, UserError, from_dict
+from stages.extract import SCHEMAS, ExtractConfig, chunk_article, clean_article, extract, main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def config(**overrides: object) -> ExtractConfig:
+    return from_dict(ExtractConfig, overrides, "extract")
+
+
+# ---------------------------------------------------------------- chunk arithmetic
+
+
+def words(n: int) -> str:
+    return " ".join(f"w{i}" for i in range(n))
+
+
+def test_short_text_is_one_chunk() -> None:
+    text = words(10)
+    assert chunk_article(text, chunk_words=900, overlap_words=150) == [(0, len(text), 10)]
+
+
+def test_windows_overlap_and_end_at_the_last_word() -> None:
+    text = words(25)
+    spans = chunk_article(text, chunk_words=10, overlap_words=3)
+    chunks = [text[s:e].split() for s, e, _ in spans]
+    assert [c[0] for c in chunks] == ["w0", "w7", "w14", "w21"]
+    assert [len(c) for c in chunks] == [10, 10, 10, 4]  # the last window stops at w24
+    assert chunks[0][-3:] == chunks[1][:3]  # exactly overlap_words shared
+    assert chunks[-1][-1] == "w24"
+
+
+def test_exact_multiple_makes_no_empty_tail() -> None:
+    spans = chunk_article(words(17), chunk_words=10, overlap_words=3)
+    assert [n for _, _, n in spans] == [10, 10]
+
+
+def test_spans_index_the_cleaned_text() -> None:
+    text = "alpha  beta\n\ngamma delta"
+    assert chunk_article(text, 2, 1) == [(0, 11, 2), (7, 18, 2), (13, 24, 2)]
+
+
+def test_no_words_no_chunks() -> None:
+    assert chunk_article("  \n ", 10, 2) == []
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def test_markdown_front_matter_and_fences_are_stripped_words_kept() -> None:
+    raw = "---\ntitle: T\n---\n# Heading\n\nRun it:\n\n```bash\ndvc repro\n```\n\nDone <b>now</b>.\n"
+    assert clean_article(raw, ".md") == "# Heading\n\nRun it:\n\ndvc repro\n\nDone now."
+
+
+def test_html_tags_scripts_and_entities_are_stripped() -> None:
+    raw = (
+        "<html><head><title>x</title><style>p{color:red}</style></head><body>"
+        "<h1>LoRA</h1><p>Use <code>--no-deps</code> &amp; rank 16.</p><script>var a=1;</script></body></html>"
+    )
+    assert clean_article(raw, ".html") == "LoRA\n\nUse `--no-deps` & rank 16."
+
+
+def test_text_files_keep_angle_brackets() -> None:
+    assert clean_article("a <b> c\r\n", ".txt") == "a <b> c"
+
+
+# ---------------------------------------------------------------- kinds over a tree
+
+
+def write(root: Path, name: str, content: str | bytes) -> None:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+def test_articles_records_have_provenance_and_sorted_order(tmp_path: Path) -> None:
+    write(tmp_path, "b.md", words(30))
+    write(tmp_path, "a/z.txt", words(5))
+    write(tmp_path, "notes.rst", words(5))  # not an article suffix
+    table, counts = extract(tmp_path, config(root=str(tmp_path), chunk_words=20, overlap_words=5))
+    assert table.schema == pl.Schema(SCHEMAS["articles"])
+    assert table["source"].to_list() == ["a/z.txt", "b.md", "b.md"]
+    assert table["chunk_index"].to_list() == [0, 0, 1]
+    assert table["id"].n_unique() == 3
+    assert counts["files"] == 2 and counts["records"] == 3
+    again, _ = extract(tmp_path, config(root=str(tmp_path), chunk_words=20, overlap_words=5))
+    assert again.equals(table)
+
+
+def test_code_kind_mines_the_fixture_tree_and_counts_skips() -> None:
+    root = FIXTURES / "code"
+    table, counts = extract(root, config(kind="code", root=str(root)))
+    assert table.schema == pl.Schema(SCHEMAS["code"])
+    by_lang = table.group_by("language").len().sort("language")
+    assert dict(by_lang.iter_rows()) == {"go": 8, "python": 5}
+    assert "Gcd" not in table["symbol"].to_list() and "Fib" not in table["symbol"].to_list()
+    assert counts["skipped_vendored"] == 2 and counts["skipped_generated"] == 1
+    clamp = table.filter(pl.col("symbol") == "Clamp").row(0, named=True)
+    assert (clamp["line"], clamp["end_line"], clamp["path"]) == (53, 57, "go/numbers.go")
+    assert clamp["output"].startswith("func Clamp") and clamp["instruction"]
+
+
+def test_code_kind_respects_languages_and_min_lines() -> None:
+    root = FIXTURES / "code"
+    table, _ = extract(root, config(kind="code", root=str(root), code={"languages": ["python"], "min_lines": 6}))
+    assert set(table["language"]) == {"python"}
+    assert "scaled" not in table["symbol"].to_list()  # exactly 5 lines
+
+
+def test_broken_code_errors_with_file_and_line_or_is_skipped(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES / "code_broken", tmp_path / "src")
+    write(tmp_path / "src", "ok.py", 'def f(x):\n    """Doc."""\n    y = x\n    y += 1\n    return y\n')
+    with pytest.raises(UserError, match=r"src/broken\.go:9: does not parse as go"):
+        extract(tmp_path / "src", config(kind="code", root=str(tmp_path / "src")))
+    table, counts = extract(tmp_path / "src", config(kind="code", root=str(tmp_path / "src"), on_bad_file="skip"))
+    assert table["symbol"].to_list() == ["f"] and counts["skipped_parse_error"] == 2
+
+
+def test_pairs_kind_normalises_three_shapes(tmp_path: Path) -> None:
+    rows = [
+        {"instruction": "Summarise", "input": "some text", "output": "short"},
+        {"question": "What runs the DAG?", "answer": "dvc repro"},
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi?"},
+                      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Port?"},
+                      {"role": "assistant", "content": "8000"}]},
+    ]  # fmt: skip
+    write(tmp_path, "faq.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
+    table, counts = extract(tmp_path, config(kind="pairs", root=str(tmp_path)))
+    assert table.select("line", "instruction", "input", "output").rows() == [
+        (1, "Summarise", "some text", "short"),
+        (2, "What runs the DAG?", "", "dvc repro"),
+        (3, "Hi?", "", "Hello."),
+        (3, "Port?", "", "8000"),
+    ]
+    assert counts["records"] == 4
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "p.jsonl", '{"question": "Q?", "answer": "A"}\n{"question": "no answer"}\n{oops\n')
+    with pytest.raises(UserError, match=r"p\.jsonl:2: malformed pair: 'answer' must be a non-empty string"):
+        extract(tmp_path, config(kind="pairs", root=str(tmp_path)))
+    table, counts = extract(tmp_path, config(kind="pairs", root=str(tmp_path), on_bad_file="skip"))
+    assert table.height == 1 and counts["skipped_bad_line"] == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "reason", "message"),
+    [
+        (b"caf\xe9 latte\n", "not_utf8", r"bad\.md:1: not UTF-8 text \(byte 0xe9\)"),
+        (b"\x89PNG\r\n\x1a\n\0\0\0", "not_utf8", r"bad\.md: looks binary"),
+        (b"  \n\n", "empty", r"bad\.md: file is empty"),
+        (b"---\ntitle: x\n---\n", "empty", r"bad\.md: no text left after stripping markup"),
+    ],
+)
+def test_bad_article_errors_or_skips(tmp_path: Path, content: bytes, reason: str, message: str) -> None:
+    write(tmp_path, "good.md", words(5))
+    write(tmp_path, "bad.md", content)
+    with pytest.raises(UserError, match=message):
+        extract(tmp_path, config(root=str(tmp_path)))
+    table, counts = extract(tmp_path, config(root=str(tmp_path), on_bad_file="skip"))
+    assert table["source"].to_list() == ["good.md"] and counts[f"skipped_{reason}"] == 1
+
+
+def test_config_rejects_bad_windows_and_keys() -> None:
+    with pytest.raises(ConfigError, match=r"extract.overlap_words must be in \[0, chunk_words=100\), got 100"):
+        config(chunk_words=100, overlap_words=100)
+    with pytest.raises(ConfigError, match="extract.kind must be one of articles, code, pairs"):
+        config(kind="pdf")
+    with pytest.raises(ConfigError, match=r"extract.code.languages must be among \['go', 'python'\]"):
+        config(code={"languages": ["rust"]})
+
+
+def test_main_writes_nothing_when_input_is_bad(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "params.yaml", "extract:\n  root: raw\n")
+    write(tmp_path, "raw/a.md", words(50))
+    main(Path("params.yaml"))
+    first = pl.read_parquet("data/extract/records.parquet")
+    assert first.height == 1 and json.loads(Path("metrics/extract.json").read_text())["records"] == 1
+    write(tmp_path, "raw/b.md", b"\xff\xfe")
+    with pytest.raises(UserError, match="raw/b.md"):
+        main(Path("params.yaml"))
+    assert pl.read_parquet("data/extract/records.parquet").equals(first)
+    assert sorted(p.name for p in Path("data/extract").iterdir()) == ["records.parquet"]
