@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import types
@@ -45,6 +46,11 @@ class ConfigError(UserError, ValueError):
 PAIR_COLUMNS = (
     "id", "kind", "question", "answer", "context", "source", "source_sha256", "chunk_id", "symbol", "generator",
 )  # fmt: skip
+
+
+def normalize_question(text: str) -> str:
+    """Case, whitespace and punctuation folded away: how duplicate and leaking questions are compared."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def pair_schema() -> dict[str, Any]:
