@@ -1,0 +1,360 @@
+"""Chat backends shared by `generate` (pair writing) and `evaluate` (LLM judge), with an on-disk reply cache.
+
+    backend = make_chat_backend("openai", cfg.openai, cfg.transformers, Path(cfg.cache_dir), where="generate")
+    replies = backend.chat(conversations, label="generate")  # one str | None per conversation
+
+- `openai`: any OpenAI-compatible `/v1/chat/completions` server (vLLM, Ollama, llama.cpp, a hosted API), via
+  httpx with `concurrency` parallel requests; connect errors, timeouts, 429 and 5xx are retried with
+  exponential backoff, other 4xx fail at once. The API key comes from the environment variable NAMED by
+  `api_key_env` and never reaches params, logs, the cache or any output.
+- `transformers`: a local HF model folder, batched generation with left padding and the chat template.
+
+Every reply is cached under `cache_dir`, keyed by sha256 of json(backend, model, messages, sampling params):
+one small JSON file per reply, written atomically as it arrives, so an interrupted run resumes where it
+stopped and a rerun with identical inputs gets identical replies. `None` means the server's reply had no
+text; it is not cached, and the caller counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common import UserError, log, require, sha256_bytes, sha256_tree, write_json
+
+Conversation = list[dict[str, str]]
+OnReply = Callable[[int, str | None], None]
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.S)
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    """An OpenAI-compatible endpoint; the parent config calls `check(where)` so errors name the full key."""
+
+    base_url: str = "http://localhost:8000/v1"
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.25
+    max_tokens: int = 1024
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    retries: int = 4
+
+    def check(self, where: str) -> None:
+        require(self.base_url.startswith(("http://", "https://")), f"{where}.base_url",
+                f"must start with http:// or https://, got {self.base_url!r}")  # fmt: skip
+        require(bool(self.model.strip()), f"{where}.model", "must not be empty")
+        require(self.api_key_env == "" or ENV_NAME.fullmatch(self.api_key_env) is not None, f"{where}.api_key_env",
+                "must be the NAME of an environment variable (like OPENAI_API_KEY), never the key itself")  # fmt: skip
+        require(0 <= self.temperature <= 2, f"{where}.temperature", f"must be in [0, 2], got {self.temperature}")
+        require(self.max_tokens >= 1, f"{where}.max_tokens", f"must be >= 1, got {self.max_tokens}")
+        require(1 <= self.concurrency <= 64, f"{where}.concurrency", f"must be in [1, 64], got {self.concurrency}")
+        require(self.timeout_s > 0, f"{where}.timeout_s", f"must be > 0, got {self.timeout_s}")
+        require(self.retries >= 0, f"{where}.retries", f"must be >= 0, got {self.retries}")
+
+
+@dataclass(frozen=True)
+class TransformersConfig:
+    """A local HF model folder; the parent config calls `check(where)` so errors name the full key."""
+
+    model_path: str = "models/base"
+    batch_size: int = 4
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+
+    def check(self, where: str) -> None:
+        require(bool(self.model_path.strip()), f"{where}.model_path", "must not be empty")
+        require(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.max_new_tokens >= 1, f"{where}.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(0 <= self.temperature <= 2, f"{where}.temperature", f"must be in [0, 2], got {self.temperature}")
+
+
+def extract_json(reply: str) -> Any | None:
+    """The JSON value in a model reply (bare, in a ```json fence, or the outermost {...}); None if there is none."""
+    text = reply.strip()
+    fenced = FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    for candidate in (text, text[text.find("{") : text.rfind("}") + 1]):
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    return None
+
+
+# ---------------------------------------------------------------- cache + backend protocol
+
+
+class ReplyCache:
+    """One JSON file per reply under `root`, named by the sha256 of what produced it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> str | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))["reply"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("llm: ignoring unreadable cache file %s", path)
+            return None
+
+    def put(self, key: str, reply: str, about: dict[str, Any]) -> None:
+        write_json({**about, "reply": reply}, self.path(key))
+
+
+class ChatBackend:
+    """Answers conversations through the cache; subclasses implement `_complete` for the cache misses."""
+
+    name: str  # goes into the `generator` column, e.g. "openai:<model>"
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache = ReplyCache(cache_dir)
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def chat(self, conversations: list[Conversation], label: str, on_reply: OnReply | None = None) -> list[str | None]:
+        """One reply per conversation, in order (None: no usable text); `label` names the caller in log lines.
+
+        on_reply(index, reply) runs in this thread as each reply arrives (cached ones first): for progress bars.
+        Raises UserError when the backend fails for good; replies received until then stay cached.
+        """
+        identity = self._identity()
+        keys = [cache_key(identity, conversation) for conversation in conversations]
+        replies: list[str | None] = [None] * len(conversations)
+        missing = []
+        for i, key in enumerate(keys):
+            replies[i] = self.cache.get(key)
+            if replies[i] is None:
+                missing.append(i)
+            elif on_reply:
+                on_reply(i, replies[i])
+        self.cache_hits += len(conversations) - len(missing)
+        self.cache_misses += len(missing)
+        log.info("%s: %d of %d replies cached, asking %s for %d", label, len(conversations) - len(missing),
+                 len(conversations), self.name, len(missing))  # fmt: skip
+        for j, reply in self._complete([conversations[i] for i in missing]):
+            i = missing[j]
+            replies[i] = reply
+            if reply is not None:
+                self.cache.put(keys[i], reply, {"backend": identity["backend"], "model": identity["model"]})
+            if on_reply:
+                on_reply(i, reply)
+        return replies
+
+    def _identity(self) -> dict[str, Any]:
+        """Everything besides the messages that decides the reply: backend, model, sampling params."""
+        raise NotImplementedError
+
+    def _complete(self, conversations: list[Conversation]) -> Iterator[tuple[int, str | None]]:
+        """Yield (index, reply) as each reply arrives, in any order; raise UserError when the backend fails."""
+        raise NotImplementedError
+
+
+def cache_key(identity: dict[str, Any], conversation: Conversation) -> str:
+    blob = json.dumps({**identity, "messages": conversation}, sort_keys=True, ensure_ascii=False)
+    return sha256_bytes(blob.encode("utf-8"))
+
+
+def make_chat_backend(
+    name: str, openai_cfg: OpenAIConfig, transformers_cfg: TransformersConfig, cache_dir: Path, where: str
+) -> ChatBackend:
+    """The backend `name` ("openai" | "transformers"); `where` is the params section, for error messages."""
+    if name == "openai":
+        return OpenAIChat(openai_cfg, cache_dir, where=f"{where}.openai")
+    if name == "transformers":
+        return TransformersChat(transformers_cfg, cache_dir, where=f"{where}.transformers")
+    raise ValueError(f"unknown chat backend {name!r}")
+
+
+# ---------------------------------------------------------------- openai
+
+
+class RetryableStatus(Exception):
+    """A 429 or 5xx reply: worth another try after a pause."""
+
+
+class Skipped(Exception):
+    """A request not sent because another one had already failed for good."""
+
+
+class OpenAIChat(ChatBackend):
+    def __init__(self, cfg: OpenAIConfig, cache_dir: Path, where: str, backoff_s: float = 1.0) -> None:
+        super().__init__(cache_dir)
+        self.cfg, self.where, self.backoff_s = cfg, where, backoff_s
+        self.name = f"openai:{cfg.model}"
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+
+    def _identity(self) -> dict[str, Any]:
+        sampling = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
+        return {"backend": "openai", "model": self.cfg.model, "sampling": sampling}
+
+    def _complete(self, conversations: list[Conversation]) -> Iterator[tuple[int, str | None]]:
+        import httpx
+
+        key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with (
+            httpx.Client(headers=headers, timeout=self.cfg.timeout_s) as client,
+            ThreadPoolExecutor(self.cfg.concurrency) as pool,
+        ):
+            stop = threading.Event()  # set by the first failure: requests not yet sent are skipped
+            futures = {pool.submit(self._post, client, c, stop): i for i, c in enumerate(conversations)}
+            failure: BaseException | None = None
+            for future in as_completed(futures):  # replies still arriving after a failure are kept (cached)
+                error = future.exception()
+                if error is None:
+                    yield futures[future], future.result()
+                elif failure is None and not isinstance(error, Skipped):
+                    failure = error
+        if failure is not None:
+            raise failure if isinstance(failure, UserError) else self._unreachable(failure)
+
+    def _post(self, client: Any, conversation: Conversation, stop: threading.Event) -> str | None:
+        import httpx
+        import tenacity
+
+        if stop.is_set():
+            raise Skipped
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.cfg.retries + 1),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_s, max=32 * self.backoff_s),
+            retry=tenacity.retry_if_exception_type((httpx.TransportError, RetryableStatus)),
+            reraise=True,
+        )
+        try:
+            return retrying(self._post_once, client, conversation)
+        except BaseException:
+            stop.set()
+            raise
+
+    def _post_once(self, client: Any, conversation: Conversation) -> str | None:
+        body = {"model": self.cfg.model, "messages": conversation,
+                "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}  # fmt: skip
+        response = client.post(self.url, json=body)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryableStatus(f"HTTP {response.status_code}: {error_message(response)}")
+        if response.status_code >= 400:
+            raise UserError(
+                f"{self.where}: {self.url} answered HTTP {response.status_code}: {error_message(response)}. "
+                f"Check `{self.where}.model`, `{self.where}.base_url` and that {self._key_source()} holds a key "
+                "this server accepts."
+            )
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            log.warning("%s: %s sent a reply that is not a chat completion; dropped", self.where, self.url)
+            return None
+        return content
+
+    def _unreachable(self, err: BaseException) -> UserError:
+        return UserError(
+            f"{self.where}: no answer from {self.url} after {self.cfg.retries + 1} attempts "
+            f"({type(err).__name__}: {err}). Is the server up? Is `{self.where}.base_url` right (it usually "
+            f"ends in /v1)? Is {self._key_source()} set if the server needs a key? Replies received so far "
+            f"are cached under {self.cache.root}; rerun to resume."
+        )
+
+    def _key_source(self) -> str:
+        return (
+            f"${self.cfg.api_key_env}" if self.cfg.api_key_env else f"`{self.where}.api_key_env` (empty: no key sent)"
+        )
+
+
+def error_message(response: Any) -> str:
+    """The human part of an error reply: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, or the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])[:300]
+        for field in ("error", "detail", "message"):
+            if field in body:
+                return str(body[field])[:300]
+    return json.dumps(body)[:300]
+
+
+# ---------------------------------------------------------------- transformers
+
+
+class TransformersChat(ChatBackend):
+    """Local batched generation; the model loads on the first cache miss, so a fully cached run never loads it."""
+
+    SEED = 0
+
+    def __init__(self, cfg: TransformersConfig, cache_dir: Path, where: str) -> None:
+        super().__init__(cache_dir)
+        self.cfg, self.where = cfg, where
+        self.path = Path(cfg.model_path)
+        self.name = f"transformers:{cfg.model_path}"
+        self._loaded: tuple[Any, Any] | None = None
+        self._digest: str | None = None
+
+    def _identity(self) -> dict[str, Any]:
+        if not (self.path / "config.json").is_file():
+            raise UserError(f"{self.where}.model_path: {self.path} is not a HF model folder; run `loradag model`")
+        if self._digest is None:  # the weights, not the folder name, decide the replies
+            self._digest = sha256_tree(self.path)
+        sampling = {"temperature": self.cfg.temperature, "max_new_tokens": self.cfg.max_new_tokens}
+        return {"backend": "transformers", "model": {"path": self.cfg.model_path, "sha256": self._digest},
+                "sampling": sampling}  # fmt: skip
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.path, padding_side="left")
+            if not tokenizer.chat_template:
+                raise UserError(f"{self.where}.model_path: {self.path} has no chat template; run `loradag model`")
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype="auto").to(device).eval()
+            self._loaded = (model, tokenizer)
+        return self._loaded
+
+    def _complete(self, conversations: list[Conversation]) -> Iterator[tuple[int, str | None]]:
+        if not conversations:
+            return
+        model, tokenizer = self._load()
+        size = self.cfg.batch_size
+        for start in range(0, len(conversations), size):
+            for offset, reply in enumerate(self._generate(model, tokenizer, conversations[start : start + size])):
+                yield start + offset, reply
+
+    def _generate(self, model: Any, tokenizer: Any, batch: list[Conversation]) -> list[str]:
+        import torch
+
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        sampling: dict[str, Any] = {"do_sample": False}
+        if self.cfg.temperature > 0:
+            torch.manual_seed(self.SEED)  # sampled replies still repeat from run to run
+            sampling = {"do_sample": True, "temperature": self.cfg.temperature}
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens,
+                                    pad_token_id=tokenizer.pad_token_id, **sampling)  # fmt: skip
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -1,0 +1,317 @@
+"""Stage `validate`: the data contract on the generated pairs, run with Great Expectations.
+
+Every row-level rule is a GX expectation, on a pair column or on a column derived with polars first
+(word counts, `duplicate_of`, `ungrounded_terms`), so GX both decides and reports each failure.
+Sources left with fewer than `validate.min_pairs_per_source` valid pairs are reported, not dropped.
+
+Run: `loradag validate` (or `dvc repro validate`). Reads `data/generate/pairs.parquet`; writes
+`data/validate/rejected.jsonl` (each failed row with the expectations it broke), GX Data Docs under
+`reports/validate/`, `metrics/validate.json`, and `data/validate/valid.parquet` only if at most
+`validate.max_reject_fraction` of the rows were rejected (otherwise it stops with an error).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from stages.common import (
+    PAIR_COLUMNS,
+    ConfigError,
+    UserError,
+    atomic_dir,
+    load_params,
+    log,
+    pair_schema,
+    require,
+    section_config,
+    write_json,
+    write_jsonl,
+    write_parquet,
+)
+
+INPUT = Path("data/generate/pairs.parquet")
+VALID = Path("data/validate/valid.parquet")
+REJECTED = Path("data/validate/rejected.jsonl")
+REPORTS = Path("reports/validate")
+METRICS = Path("metrics/validate.json")
+
+REQUIRED = ("id", "question", "answer", "source")
+EXPECTATIONS = (
+    *(f"required_{column}" for column in REQUIRED),
+    "question_words", "answer_words", "unique_id", "unique_question", "no_refusal", "grounded",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    question_words: list[int] = field(default_factory=lambda: [3, 80])
+    answer_words: list[int] = field(default_factory=lambda: [1, 300])
+    min_pairs_per_source: int = 2
+    max_reject_fraction: float = 0.5
+    grounding: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("question_words", "answer_words"):
+            bounds = getattr(self, key)
+            ok = len(bounds) == 2 and 0 <= bounds[0] <= bounds[1]
+            require(ok, f"validate.{key}", f"must be [min, max] with 0 <= min <= max, got {bounds}")
+        n = self.min_pairs_per_source
+        require(n >= 0, "validate.min_pairs_per_source", f"must be >= 0, got {n}")
+        f = self.max_reject_fraction
+        require(0 < f <= 1, "validate.max_reject_fraction", f"must be in (0, 1], got {f}")
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The validate section plus the top-level `refusal_phrases` it shares with evaluate."""
+
+    cfg: ValidateConfig
+    refusal_phrases: list[str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    valid: pl.DataFrame
+    rejected: list[dict[str, Any]]
+    failed: dict[str, int]
+    below_min: dict[str, int]
+
+    def metrics(self) -> dict[str, Any]:
+        rows = self.valid.height + len(self.rejected)
+        return {"rows": rows, "valid": self.valid.height, "rejected": len(self.rejected),
+                "pass_rate": round(self.valid.height / rows, 4) if rows else 0.0,
+                **{f"failed.{name}": count for name, count in self.failed.items()},
+                "sources_below_min": len(self.below_min),
+                "sources_below_min_names": ", ".join(sorted(self.below_min))}  # fmt: skip
+
+
+def load_contract(params: dict[str, Any]) -> Contract:
+    phrases = params.get("refusal_phrases")
+    ok = isinstance(phrases, list) and phrases and all(isinstance(p, str) and p.strip() for p in phrases)
+    if not ok:
+        raise ConfigError(f"refusal_phrases must be a non-empty list of non-empty strings, got {phrases!r}")
+    return Contract(section_config(ValidateConfig, params, "validate"), phrases)
+
+
+# ---------------------------------------------------------------- derived columns
+
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+LIST_MARKER = re.compile(r"^\s*\d+[.)]\s", re.M)
+BACKTICKED = re.compile(r"`([^`\n]+)`")
+CAPITALISED_RUN = re.compile(r"\b[A-Z][\w'’-]*(?:[ \t]+[A-Z][\w'’-]*)*")
+SENTENCE_START = re.compile(r"(?:\A|[.!?:\n])\W*\Z")
+PRONOUN_I = re.compile(r"I(?:['’][a-z]+)?")
+
+
+def article_gaps(answer: str, context: str) -> list[str]:
+    """Numbers, `backticked` and Capitalised terms of an answer that its passage does not contain."""
+    context_numbers = {n.replace(",", "") for n in NUMBER.findall(context)}
+    gaps = [n for n in NUMBER.findall(LIST_MARKER.sub("", answer)) if n.replace(",", "") not in context_numbers]
+    gaps += [f"`{t}`" for t in BACKTICKED.findall(answer) if t.strip() not in context]
+    prose = BACKTICKED.sub(" code ", answer)
+    for match in CAPITALISED_RUN.finditer(prose):
+        words = [re.sub(r"['’]s?$|-$", "", w) for w in match.group().split()]
+        if SENTENCE_START.search(prose[: match.start()]):
+            words = words[1:]  # capitalised for its position, not as a name
+        if words and not PRONOUN_I.fullmatch(" ".join(words)) and not contains_phrase(context, words):
+            gaps.append(" ".join(words))
+    return gaps
+
+
+def contains_phrase(text: str, words: list[str]) -> bool:
+    pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
+    return re.search(pattern, text, re.I) is not None
+
+
+def ungrounded_terms(kind: str | None, answer: str | None, context: str | None, symbol: str | None) -> str | None:
+    """What an answer states that its source does not hold, or None (grounded, or a kind not checked)."""
+    if kind == "article" and answer:
+        return ", ".join(article_gaps(answer, context or "")) or None
+    if kind == "code":
+        name = (symbol or "").rsplit(".", 1)[-1]
+        found = name and (contains_phrase(answer or "", [name]) or contains_phrase(context or "", [name]))
+        return None if found else f"symbol {symbol!r}"
+    return None  # bring-your-own pairs have no source text to check against
+
+
+def derive_columns(pairs: pl.DataFrame, grounding: bool) -> pl.DataFrame:
+    """The frame GX sees: blank required fields as null, plus the columns the computed rules check."""
+    frame = pairs.with_columns(pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c)).alias(c) for c in REQUIRED)
+    norm = (pl.col("question").str.to_lowercase().str.replace_all(r"[^\w\s]", "")
+            .str.replace_all(r"\s+", " ").str.strip_chars())  # fmt: skip
+    frame = frame.with_columns(
+        pl.col("question").str.count_matches(r"\S+").alias("question_word_count"),
+        pl.col("answer").str.count_matches(r"\S+").alias("answer_word_count"),
+        norm.alias("question_norm"),
+    )
+    first_id = pl.col("id").first().over("question_norm").fill_null("(row without id)")
+    repeat = pl.int_range(pl.len()).over("question_norm") > 0
+    duplicate_of = pl.when(pl.col("question_norm").is_not_null() & repeat).then(first_id)
+    frame = frame.with_columns(duplicate_of.alias("duplicate_of"))
+    if grounding:
+        rows = pairs.select("kind", "answer", "context", "symbol").iter_rows()
+        gaps = [ungrounded_terms(kind, answer, context, symbol) for kind, answer, context, symbol in rows]
+        frame = frame.with_columns(pl.Series("ungrounded_terms", gaps, dtype=pl.String))
+    return frame
+
+
+# ---------------------------------------------------------------- the GX suite
+
+
+def refusal_regex(phrase: str) -> str:
+    words = [re.escape(w).replace("'", "['’]") for w in phrase.split()]
+    return "(?i)" + r"\s+".join(words)
+
+
+def build_suite(contract: Contract) -> Any:
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    cfg = contract.cfg
+    rules = {f"required_{c}": gxe.ExpectColumnValuesToNotBeNull(column=c) for c in REQUIRED}
+    rules |= {
+        "question_words": gxe.ExpectColumnValuesToBeBetween(
+            column="question_word_count", min_value=cfg.question_words[0], max_value=cfg.question_words[1]),
+        "answer_words": gxe.ExpectColumnValuesToBeBetween(
+            column="answer_word_count", min_value=cfg.answer_words[0], max_value=cfg.answer_words[1]),
+        "unique_id": gxe.ExpectColumnValuesToBeUnique(column="id"),
+        "unique_question": gxe.ExpectColumnValuesToBeNull(
+            column="duplicate_of", notes="Same question as an earlier pair (lowercase, whitespace, punctuation)."),
+        "no_refusal": gxe.ExpectColumnValuesToNotMatchRegexList(
+            column="answer", regex_list=[refusal_regex(p) for p in contract.refusal_phrases]),
+    }  # fmt: skip
+    if cfg.grounding:
+        rules["grounded"] = gxe.ExpectColumnValuesToBeNull(
+            column="ungrounded_terms", notes="Answer terms missing from the passage, or a code symbol not found."
+        )
+    suite = gx.ExpectationSuite(name="pairs_contract")
+    for name, expectation in rules.items():
+        expectation.meta = {"name": name}
+        suite.add_expectation(expectation)
+    return suite
+
+
+def gx_context(docs_dir: Path | None) -> Any:
+    """An offline, in-memory GX context whose one Data Docs site is docs_dir (no site if None)."""
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter would bury our summary
+    import great_expectations as gx
+    from great_expectations.data_context.types import base
+
+    sites = {}
+    if docs_dir is not None:
+        store = {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}
+        sites["validate"] = {"class_name": "SiteBuilder", "show_how_to_buttons": False, "store_backend": store}
+    config = base.DataContextConfig(
+        store_backend_defaults=base.InMemoryStoreBackendDefaults(),
+        data_docs_sites=sites,
+        analytics_enabled=False,
+        progress_bars=base.ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def run_suite(frame: pl.DataFrame, suite: Any, context: Any) -> dict[str, list[int]]:
+    """Validate frame with a Checkpoint (building Data Docs if the context has a site): failed rows per rule."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    batch = context.data_sources.add_or_update_pandas("pairs").add_dataframe_asset("pairs")
+    validation = context.validation_definitions.add_or_update(gx.ValidationDefinition(
+        name="pairs_contract", data=batch.add_batch_definition_whole_dataframe("all"),
+        suite=context.suites.add_or_update(suite)))  # fmt: skip
+    actions = [UpdateDataDocsAction(name="data_docs")] if context.get_site_names() else []
+    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
+        name="validate", validation_definitions=[validation], actions=actions, result_format="COMPLETE"))  # fmt: skip
+    result = checkpoint.run(batch_parameters={"dataframe": frame.to_pandas()})
+    failed = {}
+    for rule in next(iter(result.run_results.values())).results:
+        name = rule.expectation_config.meta["name"]
+        errors = crash_messages(rule.exception_info or {})
+        if errors:
+            raise RuntimeError(f"GX expectation {name} crashed: {'; '.join(errors)}")
+        failed[name] = sorted(rule.result.get("unexpected_index_list") or [])
+        assert rule.success or failed[name], f"{name} failed without naming rows"
+    return failed
+
+
+def crash_messages(info: dict[str, Any]) -> list[str]:
+    """GX reports an expectation that could not run flat or per metric; collect the messages either way."""
+    entries = [info] if "raised_exception" in info else list(info.values())
+    return [e["exception_message"] for e in entries if isinstance(e, dict) and e.get("raised_exception")]
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def validate_pairs(pairs: pl.DataFrame, contract: Contract, context: Any) -> Outcome:
+    """Run the contract on pairs; split them into valid rows and rejected rows with reasons."""
+    failed = run_suite(derive_columns(pairs, contract.cfg.grounding), build_suite(contract), context)
+    assert set(failed) <= set(EXPECTATIONS), f"suite names {set(failed) - set(EXPECTATIONS)} missing from EXPECTATIONS"
+    reasons: dict[int, list[str]] = {}
+    for name in EXPECTATIONS:
+        for index in failed.get(name, []):
+            reasons.setdefault(index, []).append(name)
+    valid = pairs.filter(pl.Series([i not in reasons for i in range(pairs.height)]))
+    rejected = [row | {"failed": reasons[i]} for i, row in enumerate(pairs.iter_rows(named=True)) if i in reasons]
+    counts = {name: len(failed.get(name, [])) for name in EXPECTATIONS}
+    return Outcome(valid, rejected, counts, sources_below_min(pairs, valid, contract.cfg.min_pairs_per_source))
+
+
+def sources_below_min(pairs: pl.DataFrame, valid: pl.DataFrame, minimum: int) -> dict[str, int]:
+    """Sources of the input left with fewer than `minimum` valid pairs, with how many they kept."""
+    kept = dict(valid.group_by("source").len().iter_rows())
+    below = {}
+    for source in pairs["source"].drop_nulls().unique().sort():
+        if kept.get(source, 0) < minimum:
+            below[source] = kept.get(source, 0)
+    return below
+
+
+def read_pairs(path: Path) -> pl.DataFrame:
+    if not path.exists():
+        raise UserError(f"{path}: not found; run `loradag generate` (or `dvc repro generate`) first")
+    pairs = pl.read_parquet(path)
+    if pairs.columns != list(PAIR_COLUMNS):
+        raise UserError(f"{path}: columns {pairs.columns} are not the pair schema {list(PAIR_COLUMNS)}")
+    if pairs.is_empty():
+        raise UserError(f"{path}: holds no pairs; check generate's output and metrics/generate.json")
+    return pairs.cast(pair_schema())
+
+
+def rejection_error(outcome: Outcome, cfg: ValidateConfig) -> UserError | None:
+    """The error that stops the pipeline when too many rows broke the contract, else None."""
+    m = outcome.metrics()
+    if m["rejected"] <= cfg.max_reject_fraction * m["rows"]:
+        return None
+    broken = ", ".join(f"{name} {n}" for name, n in outcome.failed.items() if n)
+    return UserError(
+        f"{m['rejected']} of {m['rows']} pairs broke the contract, more than validate.max_reject_fraction="
+        f"{cfg.max_reject_fraction} (failed: {broken}). Read {REJECTED} (each row names what it broke) and "
+        f"{REPORTS}/index.html, then fix generate or its params; {VALID} was not written."
+    )
+
+
+def main(params_path: Path) -> None:
+    contract = load_contract(load_params(params_path))
+    pairs = read_pairs(INPUT)
+    with atomic_dir(REPORTS) as docs_dir:
+        outcome = validate_pairs(pairs, contract, gx_context(docs_dir))
+    metrics = outcome.metrics()
+    write_jsonl(outcome.rejected, REJECTED)
+    write_json(metrics, METRICS)
+    log.info("validate: %d pairs -> %d valid, %d rejected (%s); sources below %d valid pairs: %s", metrics["rows"],
+             metrics["valid"], metrics["rejected"], {k: v for k, v in outcome.failed.items() if v} or "none",
+             contract.cfg.min_pairs_per_source, metrics["sources_below_min_names"] or "none")  # fmt: skip
+    error = rejection_error(outcome, contract.cfg)
+    if error:
+        VALID.unlink(missing_ok=True)  # a table from an earlier run must not pass for this run's result
+        raise error
+    write_parquet(outcome.valid, VALID)

@@ -1,0 +1,292 @@
+"""Tests for stages/generate.py: extractive pairs, passthrough rows, params checks and the stage's files."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from stages.common import PAIR_COLUMNS, ConfigError, UserError, from_dict, pair_schema, stable_id
+from stages.generate import (
+    GenerateConfig,
+    find_spans,
+    generate_pairs,
+    main,
+    parse_pairs,
+    passthrough_pair,
+    pick_pairs,
+    sentences,
+)
+from stages.llm import ChatBackend, Conversation
+
+FIXTURES = Path(__file__).parent / "fixtures" / "generate"
+PASSAGES = {name: (FIXTURES / name).read_text(encoding="utf-8").strip() for name in ("serving.md", "contract.txt")}
+
+
+def article(source: str, text: str, index: int = 0) -> dict:
+    return {"id": stable_id(source, index, text), "kind": "article", "source": source, "source_sha256": "f" * 64,
+            "chunk_index": index, "char_start": 0, "char_end": len(text), "n_words": len(text.split()),
+            "text": text}  # fmt: skip
+
+
+def articles_frame() -> pl.DataFrame:
+    return pl.DataFrame([article(name, text) for name, text in sorted(PASSAGES.items())])
+
+
+def spans_of(sentence: str) -> list[tuple[str, str]]:
+    return [(sentence[s.start : s.end], s.kind) for s in find_spans(sentence, 0, len(sentence))]
+
+
+# --- extractive: spans --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sentence", "expected"),
+    [
+        ("The inference server listens on port 8000 by default.", [("port 8000", "number")]),
+        ("Each chunk holds 900 words of cleaned text.", [("900 words", "number")]),
+        ("The split stage holds out 15 percent of the pairs.", [("15 percent", "number")]),
+        ("The default reject budget is 0.5 of all pairs.", [("0.5", "number")]),
+        ("A quantized model takes about 270 MB on disk.", [("270 MB", "number")]),
+        ("The pipeline needs transformers 4.57 and torch 2.13.0 to run.", [("4.57", "version"), ("2.13.0", "version")]),
+        ("Pass --strict to the validator to fail early.", [("--strict", "flag")]),
+        ("Start the server with `vllm serve` before the run.", [("`vllm serve`", "command")]),
+        ("The flag `--max-model-len` caps the context.", [("`--max-model-len`", "flag")]),
+        ("Set `extract.chunk_words: 900` for long articles.", [("`extract.chunk_words: 900`", "setting")]),
+        ("Models come from the Hugging Face Hub when online.", [("Hugging Face Hub", "name")]),
+        ("Great Expectations checks the data contract early.", [("Great Expectations", "name")]),
+        ("The value of max_new_tokens bounds every answer.", [("max_new_tokens", "identifier")]),
+        ("The rules live in params.yaml for every stage.", [("params.yaml", "identifier")]),
+        ("The helper GgufConfig reads the quantized file.", [("GgufConfig", "identifier")]),
+        ("Results land in data/generate/pairs.parquet after the run.", [("data/generate/pairs.parquet", "identifier")]),
+    ],
+)
+def test_span_types_are_detected_in_hand_made_sentences(sentence: str, expected: list[tuple[str, str]]) -> None:
+    assert spans_of(sentence) == expected
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Training usually converges within the first epoch on small data.",  # sentence-initial capital only
+        "The model changes 32 weights at most.",  # `32 weights` is fine, but not `32 changes`
+        "It runs 2 times faster than the other one.",  # a bare one-digit number is too vague
+    ],
+)
+def test_no_name_from_a_single_sentence_initial_capital(sentence: str) -> None:
+    assert all(kind != "name" for _, kind in spans_of(sentence))
+    assert ("32 changes", "number") not in spans_of(sentence)
+    assert ("2", "number") not in spans_of(sentence)
+
+
+def test_headings_code_lines_and_the_cut_first_sentence_are_not_used() -> None:
+    text = PASSAGES["serving.md"]
+    found = [text[s:e] for s, e in sentences(text)]
+    assert not any("Port 9000" in s or "Requirements" in s or "dvc exp run" in s for s in found)
+    assert "Each chunk holds 900 words of cleaned text." in found  # a list item, marker removed
+    assert found[0].startswith("The inference server")
+    assert sentences(text, partial_start=True)[0] == sentences(text)[1]
+
+
+# --- extractive: questions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sentence", "question", "answer"),
+    [
+        ("The default backend is `extractive`.", "What is the default backend?", "`extractive`"),
+        (
+            "The `generate.backend` key defaults to `extractive`.",
+            "What does the `generate.backend` key default to?",
+            "`extractive`",
+        ),  # fmt: skip
+        (
+            "The command `dvc repro` runs every stale stage, and records hashes.",
+            "Which command runs every stale stage?",
+            "`dvc repro`",
+        ),  # fmt: skip
+        (
+            "The stage uses 4 threads for tokenisation.",
+            "How many threads does the stage use for tokenisation?",
+            "4 threads",
+        ),  # fmt: skip
+        (
+            "The split stage holds out 15 percent of the pairs by default.",
+            "Fill in the blank: The split stage holds out ____ of the pairs by default.",
+            "15 percent",
+        ),  # fmt: skip
+    ],
+)
+def test_questions_take_a_wh_form_where_the_sentence_allows_else_a_blank(
+    sentence: str, question: str, answer: str
+) -> None:
+    pairs = {p.answer: p.question for p in pick_pairs(sentence, 5)}
+    assert pairs[answer] == question
+
+
+@pytest.mark.parametrize("name", sorted(PASSAGES))
+def test_extractive_answers_are_literal_spans_and_questions_are_well_formed(name: str) -> None:
+    text = PASSAGES[name]
+    pairs = pick_pairs(text, 5)
+    assert len(pairs) == 5
+    for pair in pairs:
+        assert text[pair.start : pair.start + len(pair.answer)] == pair.answer
+        assert pair.question.endswith("?") or "____" in pair.question
+        assert pair.answer.casefold() not in pair.question.casefold()
+        assert "\n" not in pair.question
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7])
+def test_extractive_respects_the_cap_without_repeating_answers_or_questions(limit: int) -> None:
+    pairs = pick_pairs(PASSAGES["serving.md"], limit)
+    assert len(pairs) == limit
+    assert len({p.answer for p in pairs}) == limit
+    assert len({p.question for p in pairs}) == limit
+
+
+def test_extractive_prefers_specific_spans_spread_over_the_chunk() -> None:
+    text = PASSAGES["contract.txt"]
+    pairs = pick_pairs(text, 3)
+    kinds = [p.kind for p in pairs]
+    assert kinds.count("number") >= 2  # numbers outrank names and identifiers
+    starts = [p.start for p in pairs]
+    assert starts == sorted(starts)
+    assert starts[-1] > len(text) // 2  # not all bunched at the top
+
+
+def test_extractive_generation_is_deterministic() -> None:
+    first, first_metrics = generate_pairs(articles_frame(), GenerateConfig(), None)
+    second, second_metrics = generate_pairs(articles_frame().reverse(), GenerateConfig(), None)
+    assert first.equals(second)
+    assert first_metrics == second_metrics
+    assert first.columns == list(PAIR_COLUMNS)
+    assert first["source"].to_list() == ["contract.txt"] * 5 + ["serving.md"] * 5
+    assert first_metrics["pairs"] == 10 and first_metrics["pairs_per_chunk_mean"] == 5.0
+    assert sum(v for k, v in first_metrics.items() if k.startswith("answer_type_")) == 10
+
+
+def test_overlapping_chunks_do_not_ask_the_same_question_twice() -> None:
+    text = PASSAGES["contract.txt"]
+    frame = pl.DataFrame([article("a.txt", text, 0), article("a.txt", text, 1)])
+    pairs, _ = generate_pairs(frame, GenerateConfig(pairs_per_chunk=3), None)
+    assert pairs.height == 6
+    assert pairs["question"].n_unique() == 6
+
+
+# --- passthrough --------------------------------------------------------------------------------------
+
+
+def test_code_records_pass_through_with_a_question_from_the_doc_comment() -> None:
+    source = "func Push(x int) {\n\ts.items = append(s.items, x)\n}"
+    record = {"id": "c1", "kind": "code", "source": "stack.go", "source_sha256": "a" * 64, "path": "stack.go",
+              "symbol": "Push", "line": 3, "end_line": 5, "language": "go",
+              "instruction": "Push adds x to the top of the stack.", "output": source}  # fmt: skip
+    row = passthrough_pair(record)
+    assert row["question"] == "Write the Go function `Push`: Push adds x to the top of the stack."
+    assert (row["answer"], row["context"], row["symbol"], row["generator"]) == (source, source, "Push", "passthrough")
+    assert passthrough_pair(record | {"language": "python"})["question"].startswith("Write the Python function")
+
+
+def test_byo_pairs_pass_through_with_their_input_appended() -> None:
+    record = {"id": "p1", "kind": "pair", "source": "mine.jsonl", "source_sha256": "b" * 64, "line": 1,
+              "instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}  # fmt: skip
+    row = passthrough_pair(record)
+    assert (row["question"], row["answer"], row["context"]) == ("Translate to French.\n\nGood morning", "Bonjour",
+                                                                "Good morning")  # fmt: skip
+    assert row["symbol"] is None and row["chunk_id"] == "p1"
+    assert passthrough_pair(record | {"input": ""})["question"] == "Translate to French."
+
+
+# --- params -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"pairs_per_chunk": 0}, "generate.pairs_per_chunk must be >= 1, got 0"),
+        ({"foo": 1}, "generate.foo is not a known key"),
+        ({"backend": "gpt"}, "generate.backend must be one of extractive, openai, transformers"),
+        ({"openai": {"temperature": 3}}, "generate.openai.temperature must be in [0, 2], got 3.0"),
+        ({"openai": {"api_key_env": "sk-abc123"}}, "generate.openai.api_key_env must be the NAME"),
+        ({"openai": {"base_url": "localhost:8000"}}, "generate.openai.base_url must start with http"),
+        ({"openai": {"concurrency": 0}}, "generate.openai.concurrency must be in [1, 64], got 0"),
+        ({"transformers": {"batch_size": 0}}, "generate.transformers.batch_size must be >= 1, got 0"),
+        ({"transformers": {"model": "x"}}, "generate.transformers.model is not a known key"),
+    ],
+)
+def test_bad_params_are_rejected_naming_the_key(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(GenerateConfig, raw, "generate")
+    assert message in str(err.value)
+
+
+# --- LLM replies --------------------------------------------------------------------------------------
+
+
+class CannedChat(ChatBackend):
+    """A real ChatBackend (cache included) whose 'model' answers from a list."""
+
+    name = "canned:test"
+
+    def __init__(self, cache_dir: Path, replies: list[str | None]) -> None:
+        super().__init__(cache_dir)
+        self.replies = replies
+
+    def _identity(self) -> dict:
+        return {"backend": "canned", "model": "test", "sampling": {}}
+
+    def _complete(self, conversations: list[Conversation]) -> Iterator[tuple[int, str | None]]:
+        for i, _ in enumerate(conversations):
+            yield i, self.replies[i]
+
+
+def test_parse_pairs_tolerates_fences_and_drops_bad_items() -> None:
+    fenced = '```json\n{"pairs": [{"question": "Q1?", "answer": "A1"}, {"question": "Q2?"}]}\n```'
+    assert parse_pairs(fenced) == ([("Q1?", "A1")], 1)
+    assert parse_pairs("Sure! Here they are: not json") == (None, 0)
+    assert parse_pairs('{"questions": []}') == (None, 0)
+    assert parse_pairs('[{"question": "Q?", "answer": "A"}]') == (None, 0)
+    assert parse_pairs(None) == (None, 0)
+
+
+def test_llm_replies_become_pairs_and_malformed_ones_are_counted(tmp_path: Path) -> None:
+    good = json.dumps({"pairs": [{"question": f"Q{i}?", "answer": f"A{i}"} for i in range(9)]})
+    backend = CannedChat(tmp_path, ["not json", good])
+    pairs, metrics = generate_pairs(articles_frame(), GenerateConfig(backend="openai", pairs_per_chunk=4), backend)
+    assert pairs["source"].to_list() == ["serving.md"] * 4  # contract.txt (first) got "not json"
+    assert pairs["question"].to_list() == ["Q0?", "Q1?", "Q2?", "Q3?"]
+    assert set(pairs["generator"]) == {"canned:test"}
+    assert pairs["context"][0] == PASSAGES["serving.md"]
+    assert (metrics["dropped_malformed"], metrics["cache_misses"], metrics["cache_hits"]) == (1, 2, 0)
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+
+
+def write_stage_inputs(root: Path, params: str) -> None:
+    (root / "params.yaml").write_text(params, encoding="utf-8")
+    records = root / "data" / "extract" / "records.parquet"
+    records.parent.mkdir(parents=True)
+    articles_frame().write_parquet(records)
+
+
+def test_main_writes_pairs_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_stage_inputs(tmp_path, "generate:\n  pairs_per_chunk: 2\n")
+    main(tmp_path / "params.yaml")
+    pairs = pl.read_parquet(tmp_path / "data" / "generate" / "pairs.parquet")
+    assert pairs.schema == pl.Schema(pair_schema()) and pairs.columns == list(PAIR_COLUMNS)
+    assert pairs.height == 4 and set(pairs["generator"]) == {"extractive"}
+    for row in pairs.iter_rows(named=True):
+        assert row["answer"] in row["context"]
+    metrics = json.loads((tmp_path / "metrics" / "generate.json").read_text())
+    assert (metrics["chunks"], metrics["pairs"], metrics["pairs_per_chunk_mean"]) == (2, 4, 2.0)
+    assert metrics["dropped_malformed"] == 0 and metrics["cache_hits"] == 0
+
+
+def test_main_without_extract_output_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("generate: {}\n", encoding="utf-8")
+    with pytest.raises(UserError, match="run `loradag extract`"):
+        main(tmp_path / "params.yaml")
