@@ -53,6 +53,20 @@ def normalize_question(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
+def refusal_phrases(params: dict[str, Any]) -> list[str]:
+    """The top-level `refusal_phrases` list that validate and evaluate share, checked."""
+    phrases = params.get("refusal_phrases")
+    if not (isinstance(phrases, list) and phrases and all(isinstance(p, str) and p.strip() for p in phrases)):
+        raise ConfigError(f"refusal_phrases must be a non-empty list of non-empty strings, got {phrases!r}")
+    return phrases
+
+
+def refusal_regex(phrase: str) -> str:
+    """A refusal phrase as a regex: case-insensitive, any whitespace between words, ' and ’ alike."""
+    words = [re.escape(word).replace("'", "['’]") for word in phrase.split()]
+    return "(?i)" + r"\s+".join(words)
+
+
 def pair_schema() -> dict[str, Any]:
     import polars as pl
 
@@ -159,6 +173,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions (vLLM may run as another user)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -172,6 +187,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if path.exists():
@@ -179,6 +195,12 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_parquet(df: pl.DataFrame, path: Path | str) -> None:

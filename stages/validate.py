@@ -23,12 +23,13 @@ import polars as pl
 
 from stages.common import (
     PAIR_COLUMNS,
-    ConfigError,
     UserError,
     atomic_dir,
     load_params,
     log,
     pair_schema,
+    refusal_phrases,
+    refusal_regex,
     require,
     section_config,
     write_json,
@@ -93,11 +94,7 @@ class Outcome:
 
 
 def load_contract(params: dict[str, Any]) -> Contract:
-    phrases = params.get("refusal_phrases")
-    ok = isinstance(phrases, list) and phrases and all(isinstance(p, str) and p.strip() for p in phrases)
-    if not ok:
-        raise ConfigError(f"refusal_phrases must be a non-empty list of non-empty strings, got {phrases!r}")
-    return Contract(section_config(ValidateConfig, params, "validate"), phrases)
+    return Contract(section_config(ValidateConfig, params, "validate"), refusal_phrases(params))
 
 
 # ---------------------------------------------------------------- derived columns
@@ -163,11 +160,6 @@ def derive_columns(pairs: pl.DataFrame, grounding: bool) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------- the GX suite
-
-
-def refusal_regex(phrase: str) -> str:
-    words = [re.escape(w).replace("'", "['’]") for w in phrase.split()]
-    return "(?i)" + r"\s+".join(words)
 
 
 def build_suite(contract: Contract) -> Any:

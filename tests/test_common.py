@@ -78,3 +78,19 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
 def test_stable_id_depends_on_every_part() -> None:
     assert stable_id("a.md", 0, "text") == stable_id("a.md", 0, "text")
     assert len({stable_id("a.md", 0, "text"), stable_id("a.md", 1, "text"), stable_id("b.md", 0, "text")}) == 3
+
+
+def test_atomic_outputs_get_umask_permissions_not_0600(tmp_path: Path) -> None:
+    import os
+
+    from stages.common import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "m.json")
+        with atomic_dir(tmp_path / "adapter") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755

@@ -1,0 +1,398 @@
+"""Stage `train`: LoRA (or QLoRA) fine-tune of `models/base/` on the train pairs -> `models/adapter/`.
+
+Each pair becomes a conversation: prompt = [system `train.system_prompt`, user question], completion =
+[assistant answer]. trl's SFTTrainer applies the base model's chat template and computes the loss on the
+completion tokens only. Precision follows the device (`pick_precision`); `train.quantization: 4bit` loads
+the base in bitsandbytes NF4 (CUDA only). Loss and eval loss are logged per step to `dvclive/train/`.
+
+Run: `loradag train` (or `dvc repro train`). Writes `models/adapter/` (adapter_config.json,
+adapter_model.safetensors, evidence.json: nothing else, so vLLM `--lora-modules` can load it as is)
+and `metrics/train.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import math
+import os
+import platform
+import resource
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from stages.common import (
+    ConfigError,
+    UserError,
+    atomic_dir,
+    load_params,
+    log,
+    require,
+    section_config,
+    sha256_file,
+    sha256_tree,
+    write_json,
+)
+
+BASE_DIR = Path("models/base")
+TRAIN_DATA = Path("data/split/train.parquet")
+EVAL_DATA = Path("data/split/eval.parquet")
+OUT_DIR = Path("models/adapter")
+METRICS = Path("metrics/train.json")
+LIVE_DIR = Path("dvclive/train")
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+EVAL_EVERY = 0.1  # eval loss every 10% of the steps (a float < 1 is a ratio for transformers), and at the end
+PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def __post_init__(self) -> None:
+        require(self.r >= 1, "train.lora.r", f"must be >= 1, got {self.r}")
+        require(self.alpha >= 1, "train.lora.alpha", f"must be >= 1, got {self.alpha}")
+        require(0 <= self.dropout < 1, "train.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, str):
+            require(
+                self.target_modules == "all-linear",
+                "train.lora.target_modules",
+                f"must be all-linear or a list of module names, got {self.target_modules!r}",
+            )
+        else:
+            require(bool(self.target_modules), "train.lora.target_modules", "must not be an empty list")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    system_prompt: str = "You are loradag's assistant. Answer from what you learned, tersely."
+    quantization: Literal["none", "4bit"] = "none"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    epochs: int = 3
+    max_steps: int = -1
+    learning_rate: float = 2.0e-4
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.05
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    seed: int = 42
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.system_prompt.strip()), "train.system_prompt", "must not be empty")
+        require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        require(
+            self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", f"must be -1 or >= 1, got {self.max_steps}"
+        )
+        require(0 < self.learning_rate < 1, "train.learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        require(self.max_length >= 16, "train.max_length", f"must be >= 16, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: Literal["bf16", "fp16", "fp32"]
+    dtype: Literal["bfloat16", "float16", "float32"]  # base weights as loaded (and QLoRA compute dtype)
+    bf16: bool  # autocast flags for the trainer
+    fp16: bool
+    lora_fp32: bool  # keep a fp32 master copy of the LoRA params (the fp16 grad scaler cannot unscale fp16 grads)
+
+
+def pick_precision(cuda_available: bool, bf16_supported: bool) -> Precision:
+    """bf16 on CUDA cards that have it, fp16 + fp32 LoRA on older cards, fp32 on CPU (bf16 there is ~12x slower)."""
+    if cuda_available and bf16_supported:
+        return Precision("bf16", "bfloat16", bf16=True, fp16=False, lora_fp32=False)
+    if cuda_available:
+        return Precision("fp16", "float16", bf16=False, fp16=True, lora_fp32=True)
+    return Precision("fp32", "float32", bf16=False, fp16=False, lora_fp32=False)
+
+
+def check_quantization(quantization: str, cuda_available: bool) -> None:
+    if quantization == "4bit" and not cuda_available:
+        raise UserError(
+            "train.quantization: 4bit (QLoRA, bitsandbytes NF4) needs a CUDA GPU and this machine has none; "
+            "set train.quantization: none to train in fp32 on the CPU"
+        )
+
+
+def conversations(pairs: pl.DataFrame, system_prompt: str) -> list[dict[str, Any]]:
+    """Pairs -> trl prompt/completion conversations, in table order."""
+    rows = []
+    for question, answer in pairs.select("question", "answer").iter_rows():
+        prompt = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
+    return rows
+
+
+# ---------------------------------------------------------------- model and LoRA
+
+
+def check_target_modules(model: Any, targets: str | list[str]) -> None:
+    """Each target must name linear layers of this model (as peft matches them: full name or last parts)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    linear = [
+        name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not head
+    ]
+    for target in [] if targets == "all-linear" else targets:
+        if not any(name == target or name.endswith("." + target) for name in linear):
+            short = sorted({name.rsplit(".", 1)[-1] for name in linear})
+            raise ConfigError(f"train.lora.target_modules: {target!r} is not a linear layer of this model; "
+                              f"its linear layers are: {', '.join(short)} (or use all-linear)")  # fmt: skip
+
+
+def load_base_model(base_dir: Path, precision: Precision, quantization: str) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF folder, in the precision's dtype, NF4-quantized for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    if not (base_dir / "config.json").is_file():
+        raise UserError(f"{base_dir}: no base model there; run `loradag model` (or `dvc repro model`) first")
+    dtype = getattr(torch, precision.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs), tokenizer
+
+
+def attach_lora(model: Any, cfg: TrainConfig) -> Any:
+    """Wrap `model` in a seeded PEFT LoRA model built from `train.lora`."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    check_target_modules(model, cfg.lora.target_modules)
+    if cfg.quantization == "4bit":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
+                          task_type="CAUSAL_LM", target_modules=cfg.lora.target_modules)  # fmt: skip
+    set_seed(cfg.seed)  # the LoRA A matrices are drawn at random
+    return get_peft_model(model, lora)
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def sft_args(cfg: TrainConfig, precision: Precision, output_dir: Path) -> Any:
+    """SFTConfig with every default that matters set explicitly (trl turns bf16 and checkpointing on)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
+        # precision and memory: trl's defaults (bf16 on, gradient checkpointing on) are overridden here
+        bf16=precision.bf16, fp16=precision.fp16, use_cpu=precision.name == "fp32",
+        activation_checkpointing=cfg.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False},
+        # loss on the assistant answer (+ end of turn) only; one conversation per row
+        max_length=cfg.max_length, completion_only_loss=True, assistant_only_loss=False, packing=False,
+        logging_steps=1, eval_strategy="steps", eval_steps=EVAL_EVERY, save_strategy="no", report_to="none",
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+    )  # fmt: skip
+
+
+def eval_at_end_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class EvalAtEnd(TrainerCallback):
+        """Evaluate after the last step too, so the final eval loss is on the curve and in metrics."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step >= state.max_steps:
+                control.should_evaluate = True
+
+    return EvalAtEnd()
+
+
+# trainer log key -> dvclive metric (plots under dvclive/train/plots/metrics/{train,eval}/)
+LIVE_METRICS = {
+    "loss": "train/loss",
+    "eval_loss": "eval/loss",
+    "learning_rate": "train/learning_rate",
+    "mean_token_accuracy": "train/token_accuracy",
+    "eval_mean_token_accuracy": "eval/token_accuracy",
+}
+
+
+def live_callback(live_dir: Path) -> Any:
+    """dvclive curves on the trainer's step axis; dvc.yaml declares the plots, so dvclive must not edit it.
+
+    The stock DVCLiveCallback counts every log call (train, eval, end-of-run summary) as a step, so train and
+    eval curves would not share an x axis and the run summary would land in train/loss.tsv.
+    """
+    from dvclive import Live
+    from transformers import TrainerCallback
+
+    class LiveCurves(TrainerCallback):
+        def __init__(self) -> None:
+            self.live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            self.live.step = state.global_step
+            for key, name in LIVE_METRICS.items():
+                if key in (logs or {}):
+                    self.live.log_metric(name, logs[key])
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.live.end()
+
+    return LiveCurves()
+
+
+def build_trainer(model: Any, tokenizer: Any, cfg: TrainConfig, precision: Precision, train_df: pl.DataFrame,
+                  eval_df: pl.DataFrame, output_dir: Path, callbacks: list[Any]) -> Any:  # fmt: skip
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(cfg, precision, output_dir),
+        train_dataset=Dataset.from_list(conversations(train_df, cfg.system_prompt)),
+        eval_dataset=Dataset.from_list(conversations(eval_df, cfg.system_prompt)),
+        processing_class=tokenizer,
+        callbacks=[eval_at_end_callback(), *callbacks],
+    )
+    if precision.lora_fp32:  # after SFTTrainer, which casts the LoRA params of a quantized model to bf16
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    return trainer
+
+
+@contextlib.contextmanager
+def oom_as_user_error(cfg: TrainConfig) -> Iterator[None]:
+    """Turn an out-of-memory error into a message naming the params that lower memory use."""
+    try:
+        yield
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+        if type(err).__name__ != "OutOfMemoryError" and "out of memory" not in str(err).lower():
+            raise
+        raise UserError(
+            f"train: out of memory (batch_size={cfg.batch_size}, max_length={cfg.max_length}). Lower "
+            "train.batch_size (and raise train.grad_accum to keep the effective batch), lower train.max_length, "
+            "set train.gradient_checkpointing: true, or use train.quantization: 4bit on a CUDA GPU"
+        ) from err
+
+
+def run_training(trainer: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """Train, then return the flat numbers of metrics/train.json."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with oom_as_user_error(cfg):
+        output = trainer.train()
+    state = trainer.state
+    eval_losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    runtime = output.metrics["train_runtime"]
+    return {
+        "train_loss": output.training_loss, "eval_loss": eval_losses[-1] if eval_losses else math.nan,
+        "runtime_s": runtime, "samples_per_s": output.metrics["train_samples_per_second"],
+        "tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
+        "trainable_params": trainable, "total_params": total, "peak_memory_mb": peak_memory_mb(cuda),
+        "steps": state.global_step, "epochs": state.epoch,
+    }  # fmt: skip
+
+
+def peak_memory_mb(cuda: bool) -> float:
+    if cuda:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def save_adapter(model: Any, out_dir: Path, evidence: dict[str, Any]) -> None:
+    """Write only the adapter files (no README, checkpoints or tokenizer) and evidence.json, atomically."""
+    with tempfile.TemporaryDirectory(prefix="loradag-adapter-") as scratch, atomic_dir(out_dir) as tmp:
+        model.save_pretrained(scratch, safe_serialization=True)
+        for name in ADAPTER_FILES:
+            shutil.copy2(Path(scratch) / name, tmp / name)
+        write_json(evidence, tmp / "evidence.json")
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpus[0] if gpus else None, "gpu_count": len(gpus)}
+
+
+def package_versions() -> dict[str, str | None]:
+    installed = {dist.metadata["Name"].lower(): dist.version for dist in importlib.metadata.distributions()}
+    return {name: installed.get(name) for name in PACKAGES}
+
+
+def build_evidence(cfg: TrainConfig, precision: Precision) -> dict[str, Any]:
+    return {
+        "hardware": hardware(),
+        "packages": package_versions(),
+        "precision": precision.name,
+        "params": dataclasses.asdict(cfg),
+        "sha256": {"train": sha256_file(TRAIN_DATA), "eval": sha256_file(EVAL_DATA), "base": sha256_tree(BASE_DIR)},
+    }
+
+
+def read_pairs(path: Path) -> pl.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run `dvc repro split` first")
+    pairs = pl.read_parquet(path)
+    missing = {"question", "answer"} - set(pairs.columns)
+    if missing or pairs.is_empty():
+        raise UserError(
+            f"{path}: expected a non-empty pair table with question and answer, missing {missing or 'rows'}"
+        )
+    return pairs
+
+
+def main(params_path: Path) -> None:
+    import torch
+
+    cfg = section_config(TrainConfig, load_params(params_path), "train")
+    cuda = torch.cuda.is_available()
+    check_quantization(cfg.quantization, cuda)
+    precision = pick_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+    train_df, eval_df = read_pairs(TRAIN_DATA), read_pairs(EVAL_DATA)
+    model, tokenizer = load_base_model(BASE_DIR, precision, cfg.quantization)
+    peft_model = attach_lora(model, cfg)
+    with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch:
+        callbacks = [live_callback(LIVE_DIR)]
+        trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, Path(scratch), callbacks)
+        metrics = run_training(trainer, cfg)
+    save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
+    write_json(metrics, METRICS)
+    log.info("train: %d steps (%s) -> %s: train_loss %.4f, eval_loss %.4f, %.1f s", metrics["steps"], precision.name,
+             OUT_DIR, metrics["train_loss"], metrics["eval_loss"], metrics["runtime_s"])  # fmt: skip

@@ -1,0 +1,51 @@
+"""The whole DAG through real `dvc repro` on the real embedded SmolLM2, in a throwaway copy of the project."""
+
+import json
+from pathlib import Path
+
+import pytest
+from project import QUICK_PARAMS, copy_project
+
+from stages.cli import STAGES
+
+
+def ran(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+@pytest.mark.slow
+def test_full_dag_on_smollm2_then_only_what_changed_reruns(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "loradag", QUICK_PARAMS)
+    assert ran(project.dvc("repro")) == list(STAGES)
+
+    adapter = sorted(p.name for p in (project.root / "models/adapter").iterdir())
+    assert adapter == ["adapter_config.json", "adapter_model.safetensors", "evidence.json"]
+    metrics = json.loads(project.read("metrics/evaluate.json"))
+    for key in ("token_f1", "refusal_rate", "degenerate_rate"):
+        assert {f"base.{key}", f"adapter.{key}", f"delta.{key}"} <= metrics.keys()
+    verdict = "KEEP" if metrics["decision.keep"] else "DISCARD"
+    assert verdict in project.read("reports/decision.md")
+    assert json.loads(project.read("metrics/model.json"))["parameters"] == 134_515_008
+
+    assert ran(project.dvc("repro")) == []  # nothing changed: a no-op
+    project.commit("run the pipeline")
+
+    article = project.root / "data/raw/articles/reading-the-metrics.md"
+    article.write_text(article.read_text() + "\nThe report lives in `reports/decision.md` after every run.\n")
+    assert ran(project.dvc("repro", "extract")) == ["extract"]  # nothing upstream (model) reran
+    out = project.dvc("repro")
+    assert "Stage 'model' didn't change, skipping" in out and "Running stage 'generate'" in out
+    project.commit("edit one article")
+
+    project.set_params({"evaluate.max_new_tokens": 16})
+    assert ran(project.dvc("repro")) == ["evaluate"]  # an evaluate param reruns evaluate only
+    project.commit("shorter answers")
+
+    project.run("git", "checkout", "-q", "-b", "rank-8")
+    project.set_params({"train.lora.r": 8})
+    assert ran(project.dvc("repro")) == ["train", "evaluate"]
+    project.commit("rank 8")
+    diff = project.dvc("metrics", "diff", "main", "--all")
+    for key in ("base.token_f1", "adapter.token_f1", "delta.token_f1", "trainable_params"):
+        assert key in diff
+    assert "train.lora.r" in project.dvc("params", "diff", "main")
