@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -335,7 +336,17 @@ def save_adapter(model: Any, out_dir: Path, evidence: dict[str, Any]) -> None:
         model.save_pretrained(scratch, safe_serialization=True)
         for name in ADAPTER_FILES:
             shutil.copy2(Path(scratch) / name, tmp / name)
+        sort_target_modules(tmp / "adapter_config.json")
         write_json(evidence, tmp / "evidence.json")
+
+
+def sort_target_modules(config_path: Path) -> None:
+    """peft writes target_modules from a set, in an order that changes with PYTHONHASHSEED: sort it so the
+    same training gives the same adapter folder hash in dvc.lock on every run."""
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def hardware() -> dict[str, Any]:

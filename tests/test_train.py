@@ -133,6 +133,9 @@ def test_adapter_folder_holds_only_the_adapter_and_evidence(trained: tuple[Any, 
     ]
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["lora_alpha"] == 32 and config["peft_type"] == "LORA"
+    # sorted, not peft's set order (which follows PYTHONHASHSEED): same training, same dvc.lock hash
+    modules = config["target_modules"]
+    assert len(modules) == 14 and modules == sorted(modules)  # 7 linears x 2 blocks
 
 
 def test_saved_adapter_reloads_to_identical_logits(trained: tuple[Any, Path], tiny_model_dir: Path) -> None:
