@@ -224,6 +224,21 @@ def write_text(text: str, path: Path | str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def read_table(path: Path, producer: str, columns: Iterable[str]) -> pl.DataFrame:
+    """A stage's Parquet input; a missing file, missing columns or no rows stop with what to run."""
+    import polars as pl
+
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run `loradag {producer}` (or `dvc repro {producer}`) first")
+    table = pl.read_parquet(path)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: lacks column(s) {', '.join(missing)}; rerun `loradag {producer}`")
+    if table.is_empty():
+        raise UserError(f"{path}: holds no rows; check `loradag {producer}` and metrics/{producer}.json")
+    return table
+
+
 # ---------------------------------------------------------------- hashing and ids
 
 

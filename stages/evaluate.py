@@ -28,6 +28,7 @@ from stages.common import (
     from_dict,
     load_params,
     log,
+    read_table,
     refusal_phrases,
     refusal_regex,
     require,
@@ -326,11 +327,7 @@ def report_info(params: dict[str, Any]) -> dict[str, str]:
 
 
 def read_questions(path: Path, max_questions: int) -> pl.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `dvc repro split` first")
-    questions = pl.read_parquet(path)
-    if questions.is_empty() or not {"id", "question", "answer"} <= set(questions.columns):
-        raise UserError(f"{path}: expected a non-empty pair table with id, question and answer")
+    questions = read_table(path, "split", ["id", "question", "answer"])
     return questions.head(max_questions) if max_questions else questions
 
 

@@ -28,6 +28,7 @@ from stages.common import (
     load_params,
     log,
     pair_schema,
+    read_table,
     require,
     section_config,
     stable_id,
@@ -242,11 +243,7 @@ def stage_metrics(
 
 def read_records(path: Path) -> pl.DataFrame:
     """The extract table, checked for the columns each record kind needs."""
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `loradag extract` (or `dvc repro extract`) first")
-    records = pl.read_parquet(path)
-    if "kind" not in records.columns:
-        raise UserError(f"{path}: no `kind` column; rerun `loradag extract`")
+    records = read_table(path, "extract", ["kind"])
     for kind in records["kind"].unique().to_list():
         if kind not in REQUIRED:
             raise UserError(f"{path}: unknown record kind {kind!r} (known: {', '.join(REQUIRED)})")

@@ -18,11 +18,12 @@ from typing import Any, Literal
 import polars as pl
 
 from stages.common import (
+    PAIR_COLUMNS,
     UserError,
     load_params,
     log,
     normalize_question,
-    pair_schema,
+    read_table,
     require,
     section_config,
     write_json,
@@ -140,7 +141,7 @@ def split_metrics(train: pl.DataFrame, eval_: pl.DataFrame, cfg: SplitConfig) ->
 
 def main(params_path: Path) -> None:
     cfg = section_config(SplitConfig, load_params(params_path), "split")
-    pairs = pl.read_parquet(INPUT).select(list(pair_schema()))
+    pairs = read_table(INPUT, "validate", PAIR_COLUMNS).select(list(PAIR_COLUMNS))
     train, eval_, stats = split_pairs(pairs, cfg)
     write_parquet(train, TRAIN)
     write_parquet(eval_, EVAL)

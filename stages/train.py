@@ -35,6 +35,7 @@ from stages.common import (
     atomic_dir,
     load_params,
     log,
+    read_table,
     require,
     section_config,
     sha256_file,
@@ -377,18 +378,6 @@ def build_evidence(cfg: TrainConfig, precision: Precision) -> dict[str, Any]:
     }
 
 
-def read_pairs(path: Path) -> pl.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `dvc repro split` first")
-    pairs = pl.read_parquet(path)
-    missing = {"question", "answer"} - set(pairs.columns)
-    if missing or pairs.is_empty():
-        raise UserError(
-            f"{path}: expected a non-empty pair table with question and answer, missing {missing or 'rows'}"
-        )
-    return pairs
-
-
 def main(params_path: Path) -> None:
     import torch
 
@@ -396,7 +385,7 @@ def main(params_path: Path) -> None:
     cuda = torch.cuda.is_available()
     check_quantization(cfg.quantization, cuda)
     precision = pick_precision(cuda, cuda and torch.cuda.is_bf16_supported())
-    train_df, eval_df = read_pairs(TRAIN_DATA), read_pairs(EVAL_DATA)
+    train_df, eval_df = (read_table(path, "split", ["question", "answer"]) for path in (TRAIN_DATA, EVAL_DATA))
     model, tokenizer = load_base_model(BASE_DIR, precision, cfg.quantization)
     peft_model = attach_lora(model, cfg)
     with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch:

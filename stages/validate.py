@@ -28,6 +28,7 @@ from stages.common import (
     load_params,
     log,
     pair_schema,
+    read_table,
     refusal_phrases,
     refusal_regex,
     require,
@@ -268,13 +269,9 @@ def sources_below_min(pairs: pl.DataFrame, valid: pl.DataFrame, minimum: int) ->
 
 
 def read_pairs(path: Path) -> pl.DataFrame:
-    if not path.exists():
-        raise UserError(f"{path}: not found; run `loradag generate` (or `dvc repro generate`) first")
-    pairs = pl.read_parquet(path)
+    pairs = read_table(path, "generate", PAIR_COLUMNS)
     if pairs.columns != list(PAIR_COLUMNS):
         raise UserError(f"{path}: columns {pairs.columns} are not the pair schema {list(PAIR_COLUMNS)}")
-    if pairs.is_empty():
-        raise UserError(f"{path}: holds no pairs; check generate's output and metrics/generate.json")
     return pairs.cast(pair_schema())
 
 

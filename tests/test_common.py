@@ -94,3 +94,20 @@ def test_atomic_outputs_get_umask_permissions_not_0600(tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
+
+
+def test_read_table_says_which_stage_to_run(tmp_path: Path) -> None:
+    import polars as pl
+
+    from stages.common import read_table
+
+    path = tmp_path / "pairs.parquet"
+    with pytest.raises(UserError, match=r"pairs\.parquet: not found; run `loradag generate`"):
+        read_table(path, "generate", ["question"])
+    pl.DataFrame({"question": ["Q?"]}).write_parquet(path)
+    with pytest.raises(UserError, match=r"lacks column\(s\) answer; rerun `loradag generate`"):
+        read_table(path, "generate", ["question", "answer"])
+    assert read_table(path, "generate", ["question"])["question"].to_list() == ["Q?"]
+    pl.DataFrame({"question": []}, schema={"question": pl.String}).write_parquet(path)
+    with pytest.raises(UserError, match="holds no rows; check `loradag generate` and metrics/generate.json"):
+        read_table(path, "generate", ["question"])
