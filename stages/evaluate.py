@@ -1,9 +1,10 @@
 """Stage `evaluate`: base model vs base + adapter on the held-out pairs -> metrics and a keep/discard verdict.
 
 Both sides answer every eval question from the same loaded weights (the baseline runs inside
-`model.disable_adapter()`), with the train system prompt, the chat template, greedy decoding and the same
-`max_new_tokens`, in left-padded batches. Answers are scored by `stages/scoring.py` (and optionally by an
-LLM judge through `stages/llm.py`); the rule in `evaluate.decision`, fixed before the run, decides.
+`model.disable_adapter()`), with the train system prompt, through the chat core (stages/lib/chat.py: the
+prompt tokens train saw), greedy decoding and the same `max_new_tokens`, in left-padded batches. Answers are
+scored by the metric registry (stages/lib/metrics.py) and optionally by an LLM judge (a chat backend from
+stages/lib/backends.py); the rule in `evaluate.decision`, fixed before the run, decides.
 
 Run: `loradag evaluate` (or `dvc repro evaluate`). Writes `data/evaluate/preds_{base,adapter}.jsonl`,
 `data/evaluate/judge_scores.csv`, `metrics/evaluate.json` and `reports/decision.md`.
@@ -14,33 +15,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
-from stages import scoring
-from stages.common import (
-    ConfigError,
-    UserError,
-    from_dict,
-    load_params,
+from stages.lib import chat
+from stages.lib.backends import BACKENDS, ChatBackend, config_with_backends, make_backend
+from stages.lib.common import (
     log,
     read_table,
-    refusal_phrases,
-    refusal_regex,
-    require,
-    section_config,
     sha256_file,
     sha256_tree,
     write_json,
     write_jsonl,
     write_text,
 )
-from stages.llm import ChatBackend, OpenAIConfig, TransformersConfig, make_chat_backend
-from stages.train import TrainConfig, pick_precision
+from stages.lib.metrics import ANSWER_METRICS, DECIDABLE, Scoring, parse_judge_score, side_metrics
+from stages.lib.pairs import refusal_phrases, refusal_regex
+from stages.lib.params import NOT_A_PARAM, ConfigError, from_dict, load_params, require
 
 BASE_DIR = Path("models/base")
 ADAPTER_DIR = Path("models/adapter")
@@ -52,10 +46,6 @@ REPORT = Path("reports/decision.md")
 MODEL_METRICS = Path("metrics/model.json")
 
 SIDES = ("base", "adapter")
-METRIC_NAMES = (
-    "token_f1", "keyword_overlap", "numeric_match", "exact_match", "refusal_rate", "degenerate_rate",
-    "format_compliance", "judge_mean", "judge_unparseable", "mean_answer_tokens", "mean_latency_s",
-)  # fmt: skip
 JUDGE_SYSTEM = (
     "You grade an answer against a reference answer to the same question. Scores: 0 = a refusal or no content; "
     "1 = wrong on the key fact; 3 = directionally right but incomplete or imprecise; 5 = correct and as terse as "
@@ -65,13 +55,16 @@ JUDGE_SYSTEM = (
 
 @dataclass(frozen=True)
 class DecisionConfig:
-    metric: Literal[
-        "token_f1", "keyword_overlap", "numeric_match", "exact_match", "judge_mean", "format_compliance"
-    ] = "token_f1"
+    metric: str = "token_f1"
     min_delta: float = 0.02
     max_degenerate_increase: float = 0.0
 
     def __post_init__(self) -> None:
+        require(
+            self.metric in DECIDABLE,
+            "evaluate.decision.metric",
+            f"must be one of {', '.join(DECIDABLE)}, got {self.metric!r}",
+        )
         require(-1 <= self.min_delta <= 5, "evaluate.decision.min_delta", f"must be in [-1, 5], got {self.min_delta}")
         require(
             0 <= self.max_degenerate_increase <= 1,
@@ -82,15 +75,18 @@ class DecisionConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    backend: Literal["none", "openai", "transformers"] = "none"
+    backend: str = "none"  # none or a chat backend (stages/lib/backends.py BACKENDS)
     cache_dir: str = ".cache/evaluate"
-    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
-    transformers: TransformersConfig = field(default_factory=TransformersConfig)
+    backends: dict[str, Any] = field(default_factory=dict, metadata=NOT_A_PARAM)  # each backend's subsection
 
     def __post_init__(self) -> None:
+        choices = ("none", *BACKENDS)
+        require(
+            self.backend in choices,
+            "evaluate.judge.backend",
+            f"must be one of {', '.join(choices)}, got {self.backend!r}",
+        )
         require(bool(self.cache_dir.strip()), "evaluate.judge.cache_dir", "must not be empty")
-        self.openai.check("evaluate.judge.openai")
-        self.transformers.check("evaluate.judge.transformers")
 
 
 @dataclass(frozen=True)
@@ -99,9 +95,9 @@ class EvaluateConfig:
     batch_size: int = 16
     max_questions: int = 0
     examples_in_report: int = 5
-    json_schema: dict[str, Any] | None = None
+    json_schema: dict[str, Any] | None = field(default=None, metadata=NOT_A_PARAM)  # checked by load_config
     decision: DecisionConfig = field(default_factory=DecisionConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata=NOT_A_PARAM)  # built by load_config
 
     def __post_init__(self) -> None:
         require(self.max_new_tokens >= 1, "evaluate.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
@@ -110,24 +106,24 @@ class EvaluateConfig:
         require(
             self.examples_in_report >= 0, "evaluate.examples_in_report", f"must be >= 0, got {self.examples_in_report}"
         )
-        metric = self.decision.metric
-        require(
-            metric != "judge_mean" or self.judge.backend != "none",
-            "evaluate.decision.metric",
-            "judge_mean needs evaluate.judge.backend: openai or transformers",
-        )
 
 
 def load_config(params: dict[str, Any]) -> EvaluateConfig:
-    """The evaluate section; `json_schema` (a free-form mapping) is checked as a JSON Schema here."""
+    """The evaluate section: `json_schema` (free-form) is checked as a JSON Schema, the judge's backends by name."""
     raw = dict(params.get("evaluate") or {})
     schema = raw.pop("json_schema", None)
-    cfg = from_dict(EvaluateConfig, raw, "evaluate")
+    judge = config_with_backends(JudgeConfig, raw.pop("judge", None) or {}, "evaluate.judge")
+    cfg = dataclasses.replace(from_dict(EvaluateConfig, raw, "evaluate"), json_schema=schema, judge=judge)
     if schema is not None:
         json_validator(schema)
-    elif cfg.decision.metric == "format_compliance":
-        raise ConfigError("evaluate.decision.metric format_compliance needs evaluate.json_schema")
-    return dataclasses.replace(cfg, json_schema=schema)
+    needs = ANSWER_METRICS[cfg.decision.metric].needs
+    if needs == "json_schema" and schema is None:
+        raise ConfigError(f"evaluate.decision.metric {cfg.decision.metric} needs evaluate.json_schema")
+    if needs == "judge" and judge.backend == "none":
+        raise ConfigError(
+            f"evaluate.decision.metric {cfg.decision.metric} needs evaluate.judge.backend: one of {', '.join(BACKENDS)}"
+        )
+    return cfg
 
 
 def json_validator(schema: Any) -> Any:
@@ -169,7 +165,7 @@ def flat_metrics(sides: dict[str, dict[str, float]], rule: DecisionConfig, quest
     metrics: dict[str, Any] = {"eval_questions": questions}
     for side in SIDES:
         metrics |= {f"{side}.{name}": value for name, value in sides[side].items()}
-    for name in METRIC_NAMES:
+    for name in ANSWER_METRICS:
         if name in sides["base"] and name in sides["adapter"]:
             metrics[f"delta.{name}"] = round(sides["adapter"][name] - sides["base"][name], 4)
     metrics["decision.keep"] = decide(metrics, rule)
@@ -179,53 +175,24 @@ def flat_metrics(sides: dict[str, dict[str, float]], rule: DecisionConfig, quest
 # ---------------------------------------------------------------- generation
 
 
-def load_models(base_dir: Path, adapter_dir: Path) -> tuple[Any, Any]:
-    """(base + adapter PEFT model in eval mode, left-padding tokenizer) on the best device."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    for folder, stage in ((base_dir, "model"), (adapter_dir, "train")):
-        if not folder.is_dir():
-            raise UserError(f"{folder}: not found; run `dvc repro {stage}` first")
-    cuda = torch.cuda.is_available()
-    precision = pick_precision(cuda, cuda and torch.cuda.is_bf16_supported())
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, precision.dtype))
-    model = PeftModel.from_pretrained(base.to("cuda" if cuda else "cpu"), adapter_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
 def generate_answers(
     model: Any, tokenizer: Any, questions: pl.DataFrame, system_prompt: str, cfg: EvaluateConfig
 ) -> list[dict[str, Any]]:
     """Greedy answers to every question, `cfg.batch_size` at a time; latency_s is the batch time per question."""
-    import torch
-    from transformers import GenerationConfig
-
-    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-    generation = GenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))  # fmt: skip
     rows = questions.select("id", "question", "answer").to_dicts()
-    preds = []
-    for start in range(0, len(rows), cfg.batch_size):
-        batch = rows[start : start + cfg.batch_size]
-        chats = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": row["question"]}]
-                 for row in batch]  # fmt: skip
-        texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        began = time.perf_counter()
-        with torch.inference_mode():
-            output = model.generate(**inputs, generation_config=generation)
-        latency = (time.perf_counter() - began) / len(batch)
-        for row, new in zip(batch, output[:, inputs["input_ids"].shape[1] :].tolist(), strict=True):
-            length = next((i for i, token in enumerate(new) if token in stop), len(new))
-            answer = tokenizer.decode(new[:length], skip_special_tokens=True).strip()
-            preds.append({"id": row["id"], "question": row["question"], "reference": row["answer"],
-                          "answer": answer, "tokens": length, "latency_s": round(latency, 4)})  # fmt: skip
-    return preds
+    conversations = [chat.prompt_messages(row["question"], system_prompt) for row in rows]
+    answers = chat.generate(model, tokenizer, conversations, chat.Sampling(cfg.max_new_tokens), cfg.batch_size)
+    return [
+        {
+            "id": row["id"],
+            "question": row["question"],
+            "reference": row["answer"],
+            "answer": answer.text,
+            "tokens": answer.tokens,
+            "latency_s": answer.latency_s,
+        }
+        for row, answer in zip(rows, answers, strict=True)
+    ]
 
 
 def answer_both_sides(
@@ -253,7 +220,7 @@ def add_judge_scores(preds: dict[str, list[dict[str, Any]]], judge: ChatBackend)
         replies = judge.chat([judge_conversation(row) for row in rows], label=f"evaluate judge ({side})")
         for row, reply in zip(rows, replies, strict=True):
             row["judge_reply"] = reply
-            row["judge_score"] = scoring.parse_judge_score(reply)
+            row["judge_score"] = parse_judge_score(reply)
 
 
 def judge_distribution(preds: dict[str, list[dict[str, Any]]]) -> str:
@@ -289,23 +256,31 @@ def render_report(
 ) -> str:
     rule, keep = cfg.decision, metrics["decision.keep"]
     lines = [
-        "# Adapter decision", "",
-        f"**Verdict: {'KEEP' if keep else 'DISCARD'} the adapter.**", "",
-        f"- Task: {info['task']}", f"- Base model: {info['base_model']}", f"- Adapter: `{ADAPTER_DIR}`",
+        "# Adapter decision",
+        "",
+        f"**Verdict: {'KEEP' if keep else 'DISCARD'} the adapter.**",
+        "",
+        f"- Task: {info['task']}",
+        f"- Base model: {info['base_model']}",
+        f"- Adapter: `{ADAPTER_DIR}`",
         f"- Eval questions: {fmt(metrics['eval_questions'])} from `{EVAL_DATA}`",
         f"- sha256: eval `{info['eval_sha256']}`, base `{info['base_sha256']}`, adapter `{info['adapter_sha256']}`",
-        "", "| metric | base | adapter | delta |", "|---|---:|---:|---:|",
-    ]  # fmt: skip
-    for name in METRIC_NAMES:
+        "",
+        "| metric | base | adapter | delta |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ANSWER_METRICS:
         if f"base.{name}" in metrics:
             values = [metrics.get(f"{side}.{name}") for side in (*SIDES, "delta")]
             lines.append(f"| {name} | {' | '.join(fmt(v) for v in values)} |")
     delta = metrics.get(f"delta.{rule.metric}")
     lines += [
-        "", f"Rule, declared in params.yaml before the run: {rule_in_words(rule)}.",
+        "",
+        f"Rule, declared in params.yaml before the run: {rule_in_words(rule)}.",
         f"Here delta {rule.metric} = {fmt(delta)} and delta degenerate_rate = "
-        f"{fmt(metrics['delta.degenerate_rate'])}, so the verdict is {'KEEP' if keep else 'DISCARD'}.", "",
-    ]  # fmt: skip
+        f"{fmt(metrics['delta.degenerate_rate'])}, so the verdict is {'KEEP' if keep else 'DISCARD'}.",
+        "",
+    ]
     lines += ["## Examples", "", "| question | reference | base | adapter |", "|---|---|---|---|"]
     for base, adapter in list(zip(preds["base"], preds["adapter"], strict=True))[: cfg.examples_in_report]:
         row = [base["question"], base["reference"], base["answer"], adapter["answer"]]
@@ -322,8 +297,13 @@ def report_info(params: dict[str, Any]) -> dict[str, str]:
     else:
         config = json.loads((BASE_DIR / "config.json").read_text(encoding="utf-8"))
         base_model = f"{config.get('_name_or_path') or ', '.join(config.get('architectures', ['?']))}"
-    return {"task": task, "base_model": base_model, "eval_sha256": sha256_file(EVAL_DATA),
-            "base_sha256": sha256_tree(BASE_DIR), "adapter_sha256": sha256_tree(ADAPTER_DIR)}  # fmt: skip
+    return {
+        "task": task,
+        "base_model": base_model,
+        "eval_sha256": sha256_file(EVAL_DATA),
+        "base_sha256": sha256_tree(BASE_DIR),
+        "adapter_sha256": sha256_tree(ADAPTER_DIR),
+    }
 
 
 def read_questions(path: Path, max_questions: int) -> pl.DataFrame:
@@ -333,17 +313,19 @@ def read_questions(path: Path, max_questions: int) -> pl.DataFrame:
 
 def main(params_path: Path) -> None:
     params = load_params(params_path)
-    cfg, refusals = load_config(params), refusal_patterns(params)
-    system_prompt = section_config(TrainConfig, params, "train").system_prompt
-    validator = json_validator(cfg.json_schema) if cfg.json_schema is not None else None
+    cfg, system_prompt = load_config(params), chat.system_prompt(params)
+    scoring = Scoring(
+        refusal_patterns(params),
+        json_validator(cfg.json_schema) if cfg.json_schema else None,
+        judge=cfg.judge.backend != "none",
+    )
     questions = read_questions(EVAL_DATA, cfg.max_questions)
-    model, tokenizer = load_models(BASE_DIR, ADAPTER_DIR)
+    model, tokenizer = chat.load_for_generation(BASE_DIR, ADAPTER_DIR)
     preds = answer_both_sides(model, tokenizer, questions, system_prompt, cfg)
-    if cfg.judge.backend != "none":
-        judge = make_chat_backend(cfg.judge.backend, cfg.judge.openai, cfg.judge.transformers,
-                                  Path(cfg.judge.cache_dir), where="evaluate.judge")  # fmt: skip
+    if scoring.judge:
+        judge = make_backend(cfg.judge.backend, cfg.judge.backends, Path(cfg.judge.cache_dir), "evaluate.judge")
         add_judge_scores(preds, judge)
-    sides = {side: scoring.side_metrics(preds[side], refusals, validator) for side in SIDES}
+    sides = {side: side_metrics(preds[side], scoring) for side in SIDES}
     metrics = flat_metrics(sides, cfg.decision, questions.height)
     for side in SIDES:
         write_jsonl(preds[side], OUT_DIR / f"preds_{side}.jsonl")
@@ -351,5 +333,11 @@ def main(params_path: Path) -> None:
     write_json(metrics, METRICS)
     write_text(render_report(metrics, cfg, report_info(params), preds), REPORT)
     verdict = "keep" if metrics["decision.keep"] else "discard"
-    log.info("evaluate: %d questions, delta %s %s -> %s (%s)", questions.height, cfg.decision.metric,
-             fmt(metrics.get(f"delta.{cfg.decision.metric}")), verdict, REPORT)  # fmt: skip
+    log.info(
+        "evaluate: %d questions, delta %s %s -> %s (%s)",
+        questions.height,
+        cfg.decision.metric,
+        fmt(metrics.get(f"delta.{cfg.decision.metric}")),
+        verdict,
+        REPORT,
+    )

@@ -21,18 +21,9 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages import mining
-from stages.common import (
-    UserError,
-    load_params,
-    log,
-    require,
-    section_config,
-    sha256_bytes,
-    stable_id,
-    write_json,
-    write_parquet,
-)
+from stages.lib import mining
+from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_json, write_parquet
+from stages.lib.params import load_params, require, section_config
 
 OUT = Path("data/extract/records.parquet")
 METRICS = Path("metrics/extract.json")
@@ -151,9 +142,18 @@ def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[st
     for i, (start, end, n_words) in enumerate(chunk_article(text, cfg.chunk_words, cfg.overlap_words)):
         chunk = text[start:end]
         records.append(
-            {"id": stable_id(source, i, chunk), "kind": "article", "source": source, "source_sha256": digest,
-             "chunk_index": i, "char_start": start, "char_end": end, "n_words": n_words, "text": chunk}
-        )  # fmt: skip
+            {
+                "id": stable_id(source, i, chunk),
+                "kind": "article",
+                "source": source,
+                "source_sha256": digest,
+                "chunk_index": i,
+                "char_start": start,
+                "char_end": end,
+                "n_words": n_words,
+                "text": chunk,
+            }
+        )
     return records
 
 
@@ -172,11 +172,21 @@ def code_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[str, 
         raise BadInput(f"{source}:{err.line}", "parse_error", "does not parse as " + language) from err
     digest = sha256_bytes(raw)
     return [
-        {"id": stable_id(source, fn.symbol, fn.line, fn.output), "kind": "code", "source": source,
-         "source_sha256": digest, "path": fn.path, "symbol": fn.symbol, "line": fn.line,
-         "end_line": fn.end_line, "language": fn.language, "instruction": fn.instruction, "output": fn.output}
+        {
+            "id": stable_id(source, fn.symbol, fn.line, fn.output),
+            "kind": "code",
+            "source": source,
+            "source_sha256": digest,
+            "path": fn.path,
+            "symbol": fn.symbol,
+            "line": fn.line,
+            "end_line": fn.end_line,
+            "language": fn.language,
+            "instruction": fn.instruction,
+            "output": fn.output,
+        }
         for fn in found
-    ]  # fmt: skip
+    ]
 
 
 # ---------------------------------------------------------------- bring-your-own pairs
@@ -238,10 +248,17 @@ def pair_records(source: str, raw: bytes, cfg: ExtractConfig, skipped: Counter[s
             continue
         for turn, (instruction, extra, output) in enumerate(pairs):
             records.append(
-                {"id": stable_id(source, number, turn, instruction, output), "kind": "pair", "source": source,
-                 "source_sha256": digest, "line": number, "instruction": instruction, "input": extra,
-                 "output": output}
-            )  # fmt: skip
+                {
+                    "id": stable_id(source, number, turn, instruction, output),
+                    "kind": "pair",
+                    "source": source,
+                    "source_sha256": digest,
+                    "line": number,
+                    "instruction": instruction,
+                    "input": extra,
+                    "output": output,
+                }
+            )
     if not records and not skipped["bad_line"]:
         raise BadInput(source, "empty", "holds no pairs")
     return records
@@ -271,8 +288,10 @@ def input_files(root: Path, kind: str, cfg: ExtractConfig) -> list[Path]:
         suffixes = PAIR_SUFFIXES
     else:
         suffixes = tuple(s for s, lang in mining.LANGUAGES.items() if lang in cfg.code.languages)
-    return sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
-                  key=lambda p: p.relative_to(root).as_posix())  # fmt: skip
+    return sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
 
 
 def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -317,5 +336,10 @@ def main(params_path: Path) -> None:
     write_parquet(table, OUT)
     write_json({"kind": cfg.kind, **counts}, METRICS)
     skipped = {k: v for k, v in counts.items() if k.startswith("skipped_") and v}
-    log.info("extract: %d %s files -> %d records (skipped: %s)", counts["files"], cfg.kind, counts["records"],
-             skipped or "none")  # fmt: skip
+    log.info(
+        "extract: %d %s files -> %d records (skipped: %s)",
+        counts["files"],
+        cfg.kind,
+        counts["records"],
+        skipped or "none",
+    )

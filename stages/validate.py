@@ -5,13 +5,15 @@ Every row-level rule is a GX expectation, on a pair column or on a column derive
 Sources left with fewer than `validate.min_pairs_per_source` valid pairs are reported, not dropped.
 
 Run: `loradag validate` (or `dvc repro validate`). Reads `data/generate/pairs.parquet`; writes
-`data/validate/rejected.jsonl` (each failed row with the expectations it broke), GX Data Docs under
-`reports/validate/`, `metrics/validate.json`, and `data/validate/valid.parquet` only if at most
+`data/validate/rejected.jsonl` (each failed row with the expectations it broke), a self-contained report
+`reports/validate/index.html`, `metrics/validate.json`, and `data/validate/valid.parquet` only if at most
 `validate.max_reject_fraction` of the rows were rejected (otherwise it stops with an error).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import os
 import re
@@ -21,22 +23,19 @@ from typing import Any
 
 import polars as pl
 
-from stages.common import (
-    PAIR_COLUMNS,
+from stages.lib.common import (
     UserError,
     atomic_dir,
-    load_params,
     log,
-    pair_schema,
     read_table,
-    refusal_phrases,
-    refusal_regex,
-    require,
-    section_config,
+    sha256_file,
     write_json,
     write_jsonl,
     write_parquet,
+    write_text,
 )
+from stages.lib.pairs import PAIR_COLUMNS, normalize_question, pair_schema, refusal_phrases, refusal_regex
+from stages.lib.params import load_params, require, section_config
 
 INPUT = Path("data/generate/pairs.parquet")
 VALID = Path("data/validate/valid.parquet")
@@ -47,8 +46,13 @@ METRICS = Path("metrics/validate.json")
 REQUIRED = ("id", "question", "answer", "source")
 EXPECTATIONS = (
     *(f"required_{column}" for column in REQUIRED),
-    "question_words", "answer_words", "unique_id", "unique_question", "no_refusal", "grounded",
-)  # fmt: skip
+    "question_words",
+    "answer_words",
+    "unique_id",
+    "unique_question",
+    "no_refusal",
+    "grounded",
+)
 
 
 @dataclass(frozen=True)
@@ -84,14 +88,19 @@ class Outcome:
     rejected: list[dict[str, Any]]
     failed: dict[str, int]
     below_min: dict[str, int]
+    rules: list[RuleResult]
 
     def metrics(self) -> dict[str, Any]:
         rows = self.valid.height + len(self.rejected)
-        return {"rows": rows, "valid": self.valid.height, "rejected": len(self.rejected),
-                "pass_rate": round(self.valid.height / rows, 4) if rows else 0.0,
-                **{f"failed.{name}": count for name, count in self.failed.items()},
-                "sources_below_min": len(self.below_min),
-                "sources_below_min_names": ", ".join(sorted(self.below_min))}  # fmt: skip
+        return {
+            "rows": rows,
+            "valid": self.valid.height,
+            "rejected": len(self.rejected),
+            "pass_rate": round(self.valid.height / rows, 4) if rows else 0.0,
+            **{f"failed.{name}": count for name, count in self.failed.items()},
+            "sources_below_min": len(self.below_min),
+            "sources_below_min_names": ", ".join(sorted(self.below_min)),
+        }
 
 
 def load_contract(params: dict[str, Any]) -> Contract:
@@ -142,12 +151,12 @@ def ungrounded_terms(kind: str | None, answer: str | None, context: str | None, 
 def derive_columns(pairs: pl.DataFrame, grounding: bool) -> pl.DataFrame:
     """The frame GX sees: blank required fields as null, plus the columns the computed rules check."""
     frame = pairs.with_columns(pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c)).alias(c) for c in REQUIRED)
-    norm = (pl.col("question").str.to_lowercase().str.replace_all(r"[^\w\s]", "")
-            .str.replace_all(r"\s+", " ").str.strip_chars())  # fmt: skip
+    questions = frame["question"].to_list()
+    norm = pl.Series("question_norm", [None if q is None else normalize_question(q) for q in questions], pl.String)
     frame = frame.with_columns(
         pl.col("question").str.count_matches(r"\S+").alias("question_word_count"),
         pl.col("answer").str.count_matches(r"\S+").alias("answer_word_count"),
-        norm.alias("question_norm"),
+        norm,
     )
     first_id = pl.col("id").first().over("question_norm").fill_null("(row without id)")
     repeat = pl.int_range(pl.len()).over("question_norm") > 0
@@ -171,15 +180,19 @@ def build_suite(contract: Contract) -> Any:
     rules = {f"required_{c}": gxe.ExpectColumnValuesToNotBeNull(column=c) for c in REQUIRED}
     rules |= {
         "question_words": gxe.ExpectColumnValuesToBeBetween(
-            column="question_word_count", min_value=cfg.question_words[0], max_value=cfg.question_words[1]),
+            column="question_word_count", min_value=cfg.question_words[0], max_value=cfg.question_words[1]
+        ),
         "answer_words": gxe.ExpectColumnValuesToBeBetween(
-            column="answer_word_count", min_value=cfg.answer_words[0], max_value=cfg.answer_words[1]),
+            column="answer_word_count", min_value=cfg.answer_words[0], max_value=cfg.answer_words[1]
+        ),
         "unique_id": gxe.ExpectColumnValuesToBeUnique(column="id"),
         "unique_question": gxe.ExpectColumnValuesToBeNull(
-            column="duplicate_of", notes="Same question as an earlier pair (lowercase, whitespace, punctuation)."),
+            column="duplicate_of", notes="Same question as an earlier pair (case, whitespace and punctuation folded)."
+        ),
         "no_refusal": gxe.ExpectColumnValuesToNotMatchRegexList(
-            column="answer", regex_list=[refusal_regex(p) for p in contract.refusal_phrases]),
-    }  # fmt: skip
+            column="answer", regex_list=[refusal_regex(p) for p in contract.refusal_phrases]
+        ),
+    }
     if cfg.grounding:
         rules["grounded"] = gxe.ExpectColumnValuesToBeNull(
             column="ungrounded_terms", notes="Answer terms missing from the passage, or a code symbol not found."
@@ -191,48 +204,57 @@ def build_suite(contract: Contract) -> Any:
     return suite
 
 
-def gx_context(docs_dir: Path | None) -> Any:
-    """An offline, in-memory GX context whose one Data Docs site is docs_dir (no site if None)."""
+def gx_context() -> Any:
+    """An offline, in-memory GX context: no stores on disk, no analytics, no Data Docs site."""
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter would bury our summary
     import great_expectations as gx
     from great_expectations.data_context.types import base
 
-    sites = {}
-    if docs_dir is not None:
-        store = {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}
-        sites["validate"] = {"class_name": "SiteBuilder", "show_how_to_buttons": False, "store_backend": store}
     config = base.DataContextConfig(
         store_backend_defaults=base.InMemoryStoreBackendDefaults(),
-        data_docs_sites=sites,
         analytics_enabled=False,
         progress_bars=base.ProgressBarsConfig(globally=False),
     )
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def run_suite(frame: pl.DataFrame, suite: Any, context: Any) -> dict[str, list[int]]:
-    """Validate frame with a Checkpoint (building Data Docs if the context has a site): failed rows per rule."""
+@dataclass(frozen=True)
+class RuleResult:
+    name: str  # our name for the rule (EXPECTATIONS)
+    expectation: str  # the GX expectation type, e.g. expect_column_values_to_be_between
+    kwargs: dict[str, Any]
+    failed: list[int]  # row indices that broke it
+
+
+def run_suite(frame: pl.DataFrame, suite: Any, context: Any) -> list[RuleResult]:
+    """Validate frame with a GX Checkpoint; each rule's result, with the rows that broke it."""
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
 
     batch = context.data_sources.add_or_update_pandas("pairs").add_dataframe_asset("pairs")
-    validation = context.validation_definitions.add_or_update(gx.ValidationDefinition(
-        name="pairs_contract", data=batch.add_batch_definition_whole_dataframe("all"),
-        suite=context.suites.add_or_update(suite)))  # fmt: skip
-    actions = [UpdateDataDocsAction(name="data_docs")] if context.get_site_names() else []
-    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
-        name="validate", validation_definitions=[validation], actions=actions, result_format="COMPLETE"))  # fmt: skip
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(
+            name="pairs_contract",
+            data=batch.add_batch_definition_whole_dataframe("all"),
+            suite=context.suites.add_or_update(suite),
+        )
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(name="validate", validation_definitions=[validation], result_format="COMPLETE")
+    )
     result = checkpoint.run(batch_parameters={"dataframe": frame.to_pandas()})
-    failed = {}
+    rules = []
     for rule in next(iter(result.run_results.values())).results:
-        name = rule.expectation_config.meta["name"]
+        config = rule.expectation_config
+        name = config.meta["name"]
         errors = crash_messages(rule.exception_info or {})
         if errors:
             raise RuntimeError(f"GX expectation {name} crashed: {'; '.join(errors)}")
-        failed[name] = sorted(rule.result.get("unexpected_index_list") or [])
-        assert rule.success or failed[name], f"{name} failed without naming rows"
-    return failed
+        failed = sorted(rule.result.get("unexpected_index_list") or [])
+        assert rule.success or failed, f"{name} failed without naming rows"
+        kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+        rules.append(RuleResult(name, config.type, kwargs, failed))
+    return rules
 
 
 def crash_messages(info: dict[str, Any]) -> list[str]:
@@ -246,7 +268,8 @@ def crash_messages(info: dict[str, Any]) -> list[str]:
 
 def validate_pairs(pairs: pl.DataFrame, contract: Contract, context: Any) -> Outcome:
     """Run the contract on pairs; split them into valid rows and rejected rows with reasons."""
-    failed = run_suite(derive_columns(pairs, contract.cfg.grounding), build_suite(contract), context)
+    rules = run_suite(derive_columns(pairs, contract.cfg.grounding), build_suite(contract), context)
+    failed = {rule.name: rule.failed for rule in rules}
     assert set(failed) <= set(EXPECTATIONS), f"suite names {set(failed) - set(EXPECTATIONS)} missing from EXPECTATIONS"
     reasons: dict[int, list[str]] = {}
     for name in EXPECTATIONS:
@@ -255,7 +278,8 @@ def validate_pairs(pairs: pl.DataFrame, contract: Contract, context: Any) -> Out
     valid = pairs.filter(pl.Series([i not in reasons for i in range(pairs.height)]))
     rejected = [row | {"failed": reasons[i]} for i, row in enumerate(pairs.iter_rows(named=True)) if i in reasons]
     counts = {name: len(failed.get(name, [])) for name in EXPECTATIONS}
-    return Outcome(valid, rejected, counts, sources_below_min(pairs, valid, contract.cfg.min_pairs_per_source))
+    below = sources_below_min(pairs, valid, contract.cfg.min_pairs_per_source)
+    return Outcome(valid, rejected, counts, below, rules)
 
 
 def sources_below_min(pairs: pl.DataFrame, valid: pl.DataFrame, minimum: int) -> dict[str, int]:
@@ -291,16 +315,74 @@ def rejection_error(outcome: Outcome, cfg: ValidateConfig) -> UserError | None:
 def main(params_path: Path) -> None:
     contract = load_contract(load_params(params_path))
     pairs = read_pairs(INPUT)
-    with atomic_dir(REPORTS) as docs_dir:
-        outcome = validate_pairs(pairs, contract, gx_context(docs_dir))
+    outcome = validate_pairs(pairs, contract, gx_context())
     metrics = outcome.metrics()
+    with atomic_dir(REPORTS) as tmp:
+        write_text(render_report(outcome, sha256_file(INPUT)), tmp / "index.html")
     write_jsonl(outcome.rejected, REJECTED)
     write_json(metrics, METRICS)
-    log.info("validate: %d pairs -> %d valid, %d rejected (%s); sources below %d valid pairs: %s", metrics["rows"],
-             metrics["valid"], metrics["rejected"], {k: v for k, v in outcome.failed.items() if v} or "none",
-             contract.cfg.min_pairs_per_source, metrics["sources_below_min_names"] or "none")  # fmt: skip
+    log.info(
+        "validate: %d pairs -> %d valid, %d rejected (%s); sources below %d valid pairs: %s",
+        metrics["rows"],
+        metrics["valid"],
+        metrics["rejected"],
+        {k: v for k, v in outcome.failed.items() if v} or "none",
+        contract.cfg.min_pairs_per_source,
+        metrics["sources_below_min_names"] or "none",
+    )
     error = rejection_error(outcome, contract.cfg)
     if error:
         VALID.unlink(missing_ok=True)  # a table from an earlier run must not pass for this run's result
         raise error
     write_parquet(outcome.valid, VALID)
+
+
+# ---------------------------------------------------------------- the report
+
+
+REPORT_STYLE = (
+    "body{font:15px/1.5 system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;width:100%;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
+    "text-align:left;vertical-align:top}th{background:#f3f3f3}.pass{color:#17692f}.fail{color:#b3261e}"
+    "code{font-size:90%}"
+)
+
+
+def render_report(outcome: Outcome, input_sha256: str) -> str:
+    """One self-contained HTML page of the contract's run: no scripts, no external assets, no clock."""
+    m = outcome.metrics()
+    lines = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>pairs_contract</title>',
+        f"<style>{REPORT_STYLE}</style></head><body>",
+        "<h1>Data contract <code>pairs_contract</code></h1>",
+        f"<p>Input <code>{INPUT}</code> (sha256 <code>{input_sha256}</code>): {m['rows']} pairs, "
+        f"<b>{m['valid']} valid</b>, {m['rejected']} rejected (pass rate {m['pass_rate']}). "
+        f"Checked by Great Expectations {gx_version()}.</p>",
+        "<table><tr><th>rule</th><th>expectation</th><th>arguments</th><th>rows that broke it</th></tr>",
+    ]
+    for rule in outcome.rules:
+        verdict = f'<span class="fail">{len(rule.failed)}</span>' if rule.failed else '<span class="pass">0</span>'
+        arguments = html.escape(json.dumps(rule.kwargs, sort_keys=True, ensure_ascii=False))
+        lines.append(
+            f"<tr><td>{rule.name}</td><td><code>{rule.expectation}</code></td>"
+            f"<td><code>{arguments}</code></td><td>{verdict}</td></tr>"
+        )
+    lines.append("</table>")
+    if outcome.below_min:
+        below = ", ".join(f"{html.escape(s)} ({n})" for s, n in outcome.below_min.items())
+        lines.append(f"<p>Sources below the minimum of valid pairs: {below}</p>")
+    lines.append(f"<h2>Rejected pairs ({len(outcome.rejected)})</h2>")
+    if outcome.rejected:
+        lines.append("<table><tr><th>id</th><th>source</th><th>question</th><th>answer</th><th>broke</th></tr>")
+        for row in outcome.rejected:
+            cells = [row["id"], row["source"], row["question"], row["answer"], ", ".join(row["failed"])]
+            lines.append("<tr>" + "".join(f"<td>{html.escape(str(c or ''))}</td>" for c in cells) + "</tr>")
+        lines.append("</table>")
+    return "\n".join(lines) + "\n</body></html>\n"
+
+
+def gx_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("great_expectations")

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from tiny import save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,28 +32,9 @@ def smollm2_tokenizer():  # noqa: ANN201 (transformers imported lazily)
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An HF folder: random-init Llama (hidden 64, 2 layers), SmolLM2 tokenizer, ChatML chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = smollm2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,  # a tied random head echoes the last input token ("\n"): empty answers
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    # untied: a tied random head echoes the last input token ("\n"), so every answer would be empty
+    return save_tiny_llama(folder, smollm2_tokenizer(), max_position_embeddings=1024, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +42,7 @@ def make_pairs():  # noqa: ANN201
     """Factory of pair tables (pair_schema) of short factual Q&A: `make_pairs(n, start=0)`."""
     import polars as pl
 
-    from stages.common import PAIR_COLUMNS, pair_schema
+    from stages.lib.pairs import PAIR_COLUMNS, pair_schema
 
     colours = ["red", "green", "blue", "amber", "violet", "teal", "ochre", "cyan"]
 

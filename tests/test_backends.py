@@ -13,10 +13,20 @@ from typing import Any
 
 import polars as pl
 import pytest
+from tiny import save_tiny_llama
 
-from stages.common import UserError
 from stages.generate import main as generate_main
-from stages.llm import OpenAIChat, OpenAIConfig, TransformersChat, TransformersConfig, extract_json, make_chat_backend
+from stages.lib.backends import (
+    BACKENDS,
+    OpenAIChat,
+    OpenAIConfig,
+    TransformersChat,
+    TransformersConfig,
+    extract_json,
+    make_backend,
+)
+from stages.lib.common import UserError
+from stages.lib.params import ConfigError, from_dict
 
 Respond = Callable[[dict, int], tuple[int, Any]]  # (request body, call number) -> (status, reply body)
 
@@ -225,11 +235,28 @@ def test_sampling_params_are_part_of_the_cache_key(serve, tmp_path: Path) -> Non
 
 def run_generate_stage(root: Path, monkeypatch: pytest.MonkeyPatch, url: str, texts: list[str]) -> dict:
     monkeypatch.chdir(root)
-    params = {"generate": {"backend": "openai", "pairs_per_chunk": 3, "openai": {
-        "base_url": url, "model": "test-model", "api_key_env": "LORADAG_TEST_KEY", "retries": 0}}}  # fmt: skip
+    params = {
+        "generate": {
+            "backend": "openai",
+            "pairs_per_chunk": 3,
+            "openai": {"base_url": url, "model": "test-model", "api_key_env": "LORADAG_TEST_KEY", "retries": 0},
+        }
+    }
     (root / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
-    rows = [{"id": f"id{i}", "kind": "article", "source": "a.md", "source_sha256": "0" * 64, "chunk_index": i,
-             "char_start": 0, "char_end": len(t), "n_words": 1, "text": t} for i, t in enumerate(texts)]  # fmt: skip
+    rows = [
+        {
+            "id": f"id{i}",
+            "kind": "article",
+            "source": "a.md",
+            "source_sha256": "0" * 64,
+            "chunk_index": i,
+            "char_start": 0,
+            "char_end": len(t),
+            "n_words": 1,
+            "text": t,
+        }
+        for i, t in enumerate(texts)
+    ]
     (root / "data" / "extract").mkdir(parents=True)
     pl.DataFrame(rows).write_parquet(root / "data" / "extract" / "records.parquet")
     generate_main(root / "params.yaml")
@@ -274,12 +301,20 @@ def test_extract_json_reads_bare_fenced_and_wrapped_json() -> None:
     assert extract_json("no json here") is None
 
 
-def test_make_chat_backend_names_the_generator(tmp_path: Path) -> None:
-    openai = make_chat_backend("openai", OpenAIConfig(model="m"), TransformersConfig(), tmp_path, "evaluate.judge")
-    local = make_chat_backend("transformers", OpenAIConfig(), TransformersConfig("models/x"), tmp_path, "generate")
+def test_registry_builds_each_backend_from_its_own_subsection(tmp_path: Path) -> None:
+    section = {"backend": "openai", "openai": {"model": "m"}, "transformers": {"model_path": "models/x"}}
+    configs = {name: from_dict(spec.config, section[name], f"generate.{name}") for name, spec in BACKENDS.items()}
+    openai = make_backend("openai", configs, tmp_path, "evaluate.judge")
+    local = make_backend("transformers", configs, tmp_path, "generate")
     assert (openai.name, local.name) == ("openai:m", "transformers:models/x")
-    with pytest.raises(ValueError, match="unknown chat backend"):
-        make_chat_backend("extractive", OpenAIConfig(), TransformersConfig(), tmp_path, "generate")
+    assert (openai.where, local.where) == ("evaluate.judge.openai", "generate.transformers")
+
+
+def test_a_bad_backend_key_is_named_with_its_section() -> None:
+    with pytest.raises(ConfigError, match=r"evaluate\.judge\.openai\.temperature must be in \[0, 2\]"):
+        from_dict(OpenAIConfig, {"temperature": 3}, "evaluate.judge.openai")
+    with pytest.raises(ConfigError, match=r"generate\.transformers\.nope is not a known key"):
+        from_dict(TransformersConfig, {"nope": 1}, "generate.transformers")
 
 
 # --- transformers -------------------------------------------------------------------------------------
@@ -290,32 +325,32 @@ WORDS = "system user assistant the stage writes pairs from each chunk of text a 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama with a word-level ChatML tokenizer: builds offline in well under a second."""
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    from stages.model import CHATML_TEMPLATE
+    from stages.lib.chat import CHATML_TEMPLATE
 
     specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
     words = Tokenizer(models.WordLevel(unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     words.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", pad_token="<pad>",
-                                        eos_token="<|im_end|>", chat_template=CHATML_TEMPLATE)  # fmt: skip
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
-                         initializer_range=0.5, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)  # a large init so replies differ from prompt to prompt
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+    # a large init so replies differ from prompt to prompt
     path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(path, tokenizer, hidden_size=32, max_position_embeddings=256, initializer_range=0.5)
 
 
 def varied_conversations(n: int) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(2 + 3 * i))}]
-            for i in range(n)]  # fmt: skip
+    return [
+        [{"role": "user", "content": " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(2 + 3 * i))}]
+        for i in range(n)
+    ]
 
 
 def test_transformers_batched_replies_match_one_by_one(tiny_model: Path, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from typing import Literal
 
 import pytest
 
-from stages.common import ConfigError, UserError, atomic_path, from_dict, load_params, require, stable_id, write_json
+from stages.lib.common import UserError, atomic_path, stable_id, write_json
+from stages.lib.params import ConfigError, from_dict, load_params, require
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def test_stable_id_depends_on_every_part() -> None:
 def test_atomic_outputs_get_umask_permissions_not_0600(tmp_path: Path) -> None:
     import os
 
-    from stages.common import atomic_dir
+    from stages.lib.common import atomic_dir
 
     old = os.umask(0o022)
     try:
@@ -99,7 +100,7 @@ def test_atomic_outputs_get_umask_permissions_not_0600(tmp_path: Path) -> None:
 def test_read_table_says_which_stage_to_run(tmp_path: Path) -> None:
     import polars as pl
 
-    from stages.common import read_table
+    from stages.lib.common import read_table
 
     path = tmp_path / "pairs.parquet"
     with pytest.raises(UserError, match=r"pairs\.parquet: not found; run `loradag generate`"):
@@ -111,3 +112,10 @@ def test_read_table_says_which_stage_to_run(tmp_path: Path) -> None:
     pl.DataFrame({"question": []}, schema={"question": pl.String}).write_parquet(path)
     with pytest.raises(UserError, match="holds no rows; check `loradag generate` and metrics/generate.json"):
         read_table(path, "generate", ["question"])
+
+
+def test_an_unknown_params_section_is_named_not_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("splt:\n  seed: 7\n", encoding="utf-8")  # a typo would leave split on its defaults
+    with pytest.raises(ConfigError, match=r"unknown section 'splt' \(known: model, extract, generate"):
+        load_params(path)

@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
-from stages import evaluate, scoring
-from stages.common import ConfigError, refusal_regex, write_parquet
+from stages import evaluate
 from stages.evaluate import DecisionConfig, decide
+from stages.lib import chat
+from stages.lib import metrics as scoring
+from stages.lib.common import write_parquet
+from stages.lib.pairs import refusal_regex
+from stages.lib.params import ConfigError
 
 GO_FUNCTION = """func Load(path string) (*Config, error) {
 	f, err := os.Open(path)
@@ -110,12 +114,17 @@ def test_side_metrics_on_hand_built_predictions() -> None:
         {"answer": "", "reference": "Red", "tokens": 0, "latency_s": 0.75},
         {"answer": "red red red red red", "reference": "Red", "tokens": 5, "latency_s": 0.5},
     ]
-    metrics = scoring.side_metrics(preds, [re.compile(refusal_regex("I don't know"))])
+    metrics = scoring.side_metrics(preds, scoring.Scoring([re.compile(refusal_regex("I don't know"))]))
     assert metrics == {
-        "refusal_rate": 0.25, "exact_match": 0.25, "token_f1": round((1 + 0 + 0 + 2 * 0.2 * 1 / 1.2) / 4, 4),
-        "keyword_overlap": 0.5, "numeric_match": 1.0, "mean_answer_tokens": 3.75, "mean_latency_s": 0.5,
+        "refusal_rate": 0.25,
+        "exact_match": 0.25,
+        "token_f1": round((1 + 0 + 0 + 2 * 0.2 * 1 / 1.2) / 4, 4),
+        "keyword_overlap": 0.5,
+        "numeric_match": 1.0,
+        "mean_answer_tokens": 3.75,
+        "mean_latency_s": 0.5,
         "degenerate_rate": 0.5,
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------- decision and config
@@ -196,9 +205,14 @@ def eval_project(tiny_model_dir: Path, make_pairs: Any, tmp_path: Path, monkeypa
     params = {
         "refusal_phrases": ["I don't know", "as an AI"],
         "train": {"system_prompt": "Answer tersely."},
-        "evaluate": {"max_new_tokens": 6, "batch_size": 2, "examples_in_report": 3,
-                     "judge": {"backend": "openai"}, "decision": {"metric": "judge_mean", "min_delta": 0.5}},
-    }  # fmt: skip
+        "evaluate": {
+            "max_new_tokens": 6,
+            "batch_size": 2,
+            "examples_in_report": 3,
+            "judge": {"backend": "openai"},
+            "decision": {"metric": "judge_mean", "min_delta": 0.5},
+        },
+    }
     Path("params.yaml").write_text(json.dumps(params))  # JSON is YAML
     return tmp_path
 
@@ -216,13 +230,15 @@ def test_main_answers_in_batches_and_reports_the_metrics(eval_project: Path, mon
 
     judge = FakeJudge()
     monkeypatch.setattr(GenerationMixin, "generate", counting_generate)
-    monkeypatch.setattr(evaluate, "make_chat_backend", lambda *args, **kwargs: judge)
+    monkeypatch.setattr(evaluate, "make_backend", lambda *args, **kwargs: judge)
     evaluate.main(Path("params.yaml"))
 
     assert batches == [2, 2, 1, 2, 2, 1]  # ceil(5 / 2) = 3 batched calls per side
     assert judge.labels == ["evaluate judge (base)", "evaluate judge (adapter)"]
-    preds = {side: [json.loads(line) for line in Path(f"data/evaluate/preds_{side}.jsonl").read_text().splitlines()]
-             for side in ("base", "adapter")}  # fmt: skip
+    preds = {
+        side: [json.loads(line) for line in Path(f"data/evaluate/preds_{side}.jsonl").read_text().splitlines()]
+        for side in ("base", "adapter")
+    }
     for rows in preds.values():
         assert [row["id"] for row in rows] == [f"p{i:03d}" for i in range(20, 25)]
         assert {"id", "question", "reference", "answer", "tokens", "latency_s"} <= set(rows[0])
@@ -230,8 +246,17 @@ def test_main_answers_in_batches_and_reports_the_metrics(eval_project: Path, mon
 
     metrics = json.loads(Path("metrics/evaluate.json").read_text())
     assert metrics["eval_questions"] == 5
-    for name in ("refusal_rate", "exact_match", "token_f1", "keyword_overlap", "numeric_match", "mean_answer_tokens",
-                 "mean_latency_s", "degenerate_rate", "judge_mean"):  # fmt: skip
+    for name in (
+        "refusal_rate",
+        "exact_match",
+        "token_f1",
+        "keyword_overlap",
+        "numeric_match",
+        "mean_answer_tokens",
+        "mean_latency_s",
+        "degenerate_rate",
+        "judge_mean",
+    ):
         assert {f"base.{name}", f"adapter.{name}", f"delta.{name}"} <= set(metrics), name
     assert metrics["base.judge_mean"] == 2.0 and metrics["base.judge_unparseable"] == 1.0  # (0+1+3+4)/4
     assert metrics["adapter.judge_mean"] == 5.0 and metrics["delta.judge_mean"] == 3.0
@@ -242,7 +267,7 @@ def test_main_answers_in_batches_and_reports_the_metrics(eval_project: Path, mon
     assert csv == ["score,base,adapter", "0,1,0", "1,1,0", "2,0,0", "3,1,0", "4,1,0", "5,0,5"]  # + 1 unparseable
 
     report = Path("reports/decision.md").read_text()
-    for name in evaluate.METRIC_NAMES:
+    for name in scoring.ANSWER_METRICS:
         if f"base.{name}" in metrics:
             values = [evaluate.fmt(metrics[f"{side}.{name}"]) for side in ("base", "adapter", "delta")]
             assert f"| {name} | {' | '.join(values)} |" in report, name
@@ -258,7 +283,7 @@ def test_baseline_answers_are_the_plain_base_model(eval_project: Path) -> None:
 
     cfg = evaluate.load_config({"evaluate": {"max_new_tokens": 6, "batch_size": 2}})
     questions = pl.read_parquet("data/split/eval.parquet")
-    model, tokenizer = evaluate.load_models(Path("models/base"), Path("models/adapter"))
+    model, tokenizer = chat.load_for_generation(Path("models/base"), Path("models/adapter"))
     both = evaluate.answer_both_sides(model, tokenizer, questions, "Answer tersely.", cfg)
     plain = AutoModelForCausalLM.from_pretrained("models/base").eval()
     left = AutoTokenizer.from_pretrained("models/base", padding_side="left")

@@ -7,8 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from stages.common import ConfigError, UserError, from_dict
 from stages.extract import SCHEMAS, ExtractConfig, chunk_article, clean_article, extract, main
+from stages.lib.common import UserError
+from stages.lib.params import ConfigError, from_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -129,10 +130,16 @@ def test_pairs_kind_normalises_three_shapes(tmp_path: Path) -> None:
     rows = [
         {"instruction": "Summarise", "input": "some text", "output": "short"},
         {"question": "What runs the DAG?", "answer": "dvc repro"},
-        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi?"},
-                      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Port?"},
-                      {"role": "assistant", "content": "8000"}]},
-    ]  # fmt: skip
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Port?"},
+                {"role": "assistant", "content": "8000"},
+            ]
+        },
+    ]
     write(tmp_path, "faq.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
     table, counts = extract(tmp_path, config(kind="pairs", root=str(tmp_path)))
     assert table.select("line", "instruction", "input", "output").rows() == [

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.extractive import find_spans, pick_pairs, sentences
+from stages.lib.extractive import find_spans, pick_pairs, sentences
 
 FIXTURES = Path(__file__).parent / "fixtures" / "generate"
 PASSAGES = {name: (FIXTURES / name).read_text(encoding="utf-8").strip() for name in ("serving.md", "contract.txt")}
@@ -76,22 +76,22 @@ def test_headings_code_lines_and_the_cut_first_sentence_are_not_used() -> None:
             "The `generate.backend` key defaults to `extractive`.",
             "What does the `generate.backend` key default to?",
             "`extractive`",
-        ),  # fmt: skip
+        ),
         (
             "The command `dvc repro` runs every stale stage, and records hashes.",
             "Which command runs every stale stage?",
             "`dvc repro`",
-        ),  # fmt: skip
+        ),
         (
             "The stage uses 4 threads for tokenisation.",
             "How many threads does the stage use for tokenisation?",
             "4 threads",
-        ),  # fmt: skip
+        ),
         (
             "The split stage holds out 15 percent of the pairs by default.",
             "Fill in the blank: The split stage holds out ____ of the pairs by default.",
             "15 percent",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_questions_take_a_wh_form_where_the_sentence_allows_else_a_blank(

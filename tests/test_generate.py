@@ -7,18 +7,28 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from stages.common import PAIR_COLUMNS, ConfigError, UserError, from_dict, pair_schema, stable_id
 from stages.generate import GenerateConfig, generate_pairs, main, parse_pairs, passthrough_pair
-from stages.llm import ChatBackend, Conversation
+from stages.lib.backends import ChatBackend, Conversation, config_with_backends
+from stages.lib.common import UserError, stable_id
+from stages.lib.pairs import PAIR_COLUMNS, pair_schema
+from stages.lib.params import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "generate"
 PASSAGES = {name: (FIXTURES / name).read_text(encoding="utf-8").strip() for name in ("serving.md", "contract.txt")}
 
 
 def article(source: str, text: str, index: int = 0) -> dict:
-    return {"id": stable_id(source, index, text), "kind": "article", "source": source, "source_sha256": "f" * 64,
-            "chunk_index": index, "char_start": 0, "char_end": len(text), "n_words": len(text.split()),
-            "text": text}  # fmt: skip
+    return {
+        "id": stable_id(source, index, text),
+        "kind": "article",
+        "source": source,
+        "source_sha256": "f" * 64,
+        "chunk_index": index,
+        "char_start": 0,
+        "char_end": len(text),
+        "n_words": len(text.split()),
+        "text": text,
+    }
 
 
 def articles_frame() -> pl.DataFrame:
@@ -52,9 +62,19 @@ def test_overlapping_chunks_do_not_ask_the_same_question_twice() -> None:
 
 def test_code_records_pass_through_with_a_question_from_the_doc_comment() -> None:
     source = "func Push(x int) {\n\ts.items = append(s.items, x)\n}"
-    record = {"id": "c1", "kind": "code", "source": "stack.go", "source_sha256": "a" * 64, "path": "stack.go",
-              "symbol": "Push", "line": 3, "end_line": 5, "language": "go",
-              "instruction": "Push adds x to the top of the stack.", "output": source}  # fmt: skip
+    record = {
+        "id": "c1",
+        "kind": "code",
+        "source": "stack.go",
+        "source_sha256": "a" * 64,
+        "path": "stack.go",
+        "symbol": "Push",
+        "line": 3,
+        "end_line": 5,
+        "language": "go",
+        "instruction": "Push adds x to the top of the stack.",
+        "output": source,
+    }
     row = passthrough_pair(record)
     assert row["question"] == "Write the Go function `Push`: Push adds x to the top of the stack."
     assert (row["answer"], row["context"], row["symbol"], row["generator"]) == (source, source, "Push", "passthrough")
@@ -62,11 +82,22 @@ def test_code_records_pass_through_with_a_question_from_the_doc_comment() -> Non
 
 
 def test_byo_pairs_pass_through_with_their_input_appended() -> None:
-    record = {"id": "p1", "kind": "pair", "source": "mine.jsonl", "source_sha256": "b" * 64, "line": 1,
-              "instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}  # fmt: skip
+    record = {
+        "id": "p1",
+        "kind": "pair",
+        "source": "mine.jsonl",
+        "source_sha256": "b" * 64,
+        "line": 1,
+        "instruction": "Translate to French.",
+        "input": "Good morning",
+        "output": "Bonjour",
+    }
     row = passthrough_pair(record)
-    assert (row["question"], row["answer"], row["context"]) == ("Translate to French.\n\nGood morning", "Bonjour",
-                                                                "Good morning")  # fmt: skip
+    assert (row["question"], row["answer"], row["context"]) == (
+        "Translate to French.\n\nGood morning",
+        "Bonjour",
+        "Good morning",
+    )
     assert row["symbol"] is None and row["chunk_id"] == "p1"
     assert passthrough_pair(record | {"input": ""})["question"] == "Translate to French."
 
@@ -90,7 +121,7 @@ def test_byo_pairs_pass_through_with_their_input_appended() -> None:
 )
 def test_bad_params_are_rejected_naming_the_key(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        from_dict(GenerateConfig, raw, "generate")
+        config_with_backends(GenerateConfig, raw, "generate")
     assert message in str(err.value)
 
 

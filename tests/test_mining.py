@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.mining import (
+from stages.lib.mining import (
     LANGUAGES,
     CodeFunction,
     CodeParseError,
@@ -37,21 +37,11 @@ def by_symbol(functions: list[CodeFunction]) -> dict[str, CodeFunction]:
 
 
 def test_go_stack_yields_documented_methods_with_bare_names_in_line_order() -> None:
-    assert spans(mine("go/stack.go")) == [
-        ("New", 20, 24),
-        ("Pop", 28, 37),
-        ("Swap", 46, 53),
-        ("Grow", 59, 64),
-    ]
+    assert spans(mine("go/stack.go")) == [("New", 20, 24), ("Pop", 28, 37), ("Swap", 46, 53), ("Grow", 59, 64)]
 
 
 def test_go_numbers_keep_plain_generic_and_pointer_receiver_functions() -> None:
-    assert spans(mine("go/numbers.go")) == [
-        ("Sum", 4, 10),
-        ("Map", 14, 20),
-        ("Add", 38, 44),
-        ("Clamp", 53, 57),
-    ]
+    assert spans(mine("go/numbers.go")) == [("Sum", 4, 10), ("Map", 14, 20), ("Add", 38, 44), ("Clamp", 53, 57)]
 
 
 def test_go_record_fields_for_a_plain_function() -> None:

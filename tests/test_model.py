@@ -4,24 +4,24 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny import save_tiny_llama
 
-from stages.common import ConfigError, UserError, from_dict
-from stages.model import CHATML_TEMPLATE, ModelConfig, embedded_gguf, load_base, main, save_base
+from stages.lib.chat import CHATML_TEMPLATE
+from stages.lib.common import UserError
+from stages.lib.params import ConfigError, from_dict
+from stages.model import ModelConfig, embedded_gguf, load_base, main, save_base
 
 
 def tiny_local_model(folder: Path) -> None:
     """A random-init Llama and a word-level tokenizer without a chat template, saved as an HF folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(["<unk>", "<s>", "</s>", "hello", "world"])}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_llama(folder, tokenizer, hidden_size=16)
 
 
 def test_embedded_gguf_is_found_without_importing_the_package() -> None:
@@ -72,8 +72,9 @@ def test_embedded_smollm2_becomes_an_hf_folder(tmp_path: Path, monkeypatch: pyte
 
     tokenizer = AutoTokenizer.from_pretrained("models/base")
     model = AutoModelForCausalLM.from_pretrained("models/base")
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
-                                           tokenize=False)  # fmt: skip
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.endswith("<|im_start|>assistant\n")
     ids = tokenizer("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)

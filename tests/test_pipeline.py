@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from dag import stage_modules
 from project import QUICK_PARAMS, copy_project
 
-from stages.cli import STAGES
+from stages.lib.params import STAGES
 
 
 def ran(output: str) -> list[str]:
@@ -29,6 +30,15 @@ def test_full_dag_on_smollm2_then_only_what_changed_reruns(tmp_path: Path) -> No
 
     assert ran(project.dvc("repro")) == []  # nothing changed: a no-op
     project.commit("run the pipeline")
+
+    for module in ("stages/lib/backends.py", "stages/lib/pairs.py", "stages/lib/cli.py"):
+        path = project.root / module
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        stale = set(json.loads(project.dvc("status", "--json")))
+        assert stale == {stage for stage in STAGES if module in stage_modules(stage)}, module
+        path.write_text(original)
+    assert "up to date" in project.dvc("status")
 
     article = project.root / "data/raw/articles/reading-the-metrics.md"
     article.write_text(article.read_text() + "\nThe report lives in `reports/decision.md` after every run.\n")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from project import QUICK_PARAMS, Project, copy_project
 
-from stages.cli import STAGES
+from stages.lib.params import STAGES
 
 # Fake credentials: they must reach DVC through the environment only, never through a config file.
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "loradag-test-key-id", "AWS_SECRET_ACCESS_KEY": "loradag-test-secret-key"}
@@ -82,8 +82,9 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
-                 aws_secret_access_key="x").create_bucket(Bucket="loradag")  # fmt: skip
+    boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    ).create_bucket(Bucket="loradag")
     yield endpoint
     server.stop()
 
@@ -93,8 +94,12 @@ def s3_env(tmp_path: Path) -> dict[str, str]:
     """The credentials, and empty AWS config files so no profile of the machine running the tests leaks in."""
     empty = tmp_path / "aws-empty"
     empty.write_text("")
-    return {**S3_KEYS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(empty),
-            "AWS_SHARED_CREDENTIALS_FILE": str(empty)}  # fmt: skip
+    return {
+        **S3_KEYS,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(empty),
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+    }
 
 
 @pytest.mark.slow
@@ -107,8 +112,13 @@ def test_fresh_clone_pulls_every_output_from_the_default_remote_and_repro_is_a_n
 
     pulled, produced = output_files(teammate), output_files(origin)
     assert pulled.keys() == produced.keys()
-    for path in ("models/base/model.safetensors", "models/adapter/adapter_model.safetensors",
-                 "data/split/train.parquet", "data/split/eval.parquet", "metrics/evaluate.json"):  # fmt: skip
+    for path in (
+        "models/base/model.safetensors",
+        "models/adapter/adapter_model.safetensors",
+        "data/split/train.parquet",
+        "data/split/eval.parquet",
+        "metrics/evaluate.json",
+    ):
         assert path in pulled
     assert pulled == produced  # byte for byte
     assert "Data and pipelines are up to date." in teammate.dvc("status")
@@ -124,8 +134,10 @@ def test_dvc_get_fetches_one_adapter_and_one_dataset_from_another_clone(origin: 
     elsewhere.dvc("get", str(origin.root), "models/adapter", "--rev", rev, "-o", "adapter")
     elsewhere.dvc("get", str(origin.root), "data/split/train.parquet", "--rev", "main")
 
-    for got, source in (("adapter/adapter_model.safetensors", "models/adapter/adapter_model.safetensors"),
-                        ("train.parquet", "data/split/train.parquet")):  # fmt: skip
+    for got, source in (
+        ("adapter/adapter_model.safetensors", "models/adapter/adapter_model.safetensors"),
+        ("train.parquet", "data/split/train.parquet"),
+    ):
         assert (tmp_path / got).read_bytes() == (origin.root / source).read_bytes()
 
 
@@ -147,8 +159,9 @@ def test_s3_remote_with_credentials_from_the_environment_round_trips(
     config = uploader.read(".dvc/config") + (local.read_text() if local.exists() else "")
     assert "s3://loradag/cache" in config and s3_endpoint in config
     assert not any(secret in config for secret in S3_KEYS.values())
-    bucket = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="x",
-                          aws_secret_access_key="x").list_objects_v2(Bucket="loradag")  # fmt: skip
+    bucket = boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    ).list_objects_v2(Bucket="loradag")
     assert bucket["KeyCount"] > 0 and all(obj["Key"].startswith("cache/files/md5/") for obj in bucket["Contents"])
 
     downloader = clone(uploader, "s3-downloader")

@@ -5,17 +5,29 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from stages.common import ConfigError, UserError, from_dict, pair_schema
+from stages.lib.common import UserError
+from stages.lib.pairs import pair_schema
+from stages.lib.params import ConfigError, from_dict
 from stages.split import SplitConfig, main, split_pairs
 
 
 def pairs_frame(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
     """(source, question, answer) rows -> a pair table with every column of the schema."""
     records = [
-        {"id": f"{source}-{i}", "kind": "article", "question": q, "answer": a, "context": "", "source": source,
-         "source_sha256": "0" * 64, "chunk_id": source, "symbol": None, "generator": "test"}
+        {
+            "id": f"{source}-{i}",
+            "kind": "article",
+            "question": q,
+            "answer": a,
+            "context": "",
+            "source": source,
+            "source_sha256": "0" * 64,
+            "chunk_id": source,
+            "symbol": None,
+            "generator": "test",
+        }
         for i, (source, q, a) in enumerate(rows)
-    ]  # fmt: skip
+    ]
     return pl.DataFrame(records, schema=pair_schema())
 
 

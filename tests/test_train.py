@@ -1,4 +1,4 @@
-"""Stage train: precision table, config checks, label mask, adapter files, determinism, OOM, end to end."""
+"""Stage train: config checks, label mask, adapter files, determinism, OOM, end to end."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from typing import Any
 import pytest
 
 from stages import train
-from stages.common import ConfigError, UserError, from_dict, write_parquet
-from stages.train import Precision, TrainConfig, pick_precision
+from stages.lib import chat
+from stages.lib.common import UserError, write_parquet
+from stages.lib.params import ConfigError, from_dict
+from stages.train import TrainConfig
 
 QUICK = TrainConfig(max_steps=2, batch_size=4, max_length=128)
-FP32 = pick_precision(cuda_available=False, bf16_supported=False)
+FP32 = chat.pick_precision(cuda_available=False, bf16_supported=False)
+
+
+def load_base(base_dir: Path) -> tuple[Any, Any]:
+    return chat.load_model(base_dir, FP32), chat.load_tokenizer(base_dir)
 
 
 def train_tiny(base_dir: Path, pairs: Any, out_dir: Path, cfg: TrainConfig = QUICK) -> tuple[Any, dict[str, Any]]:
     """Train LoRA on the tiny model; return the in-memory PEFT model and the metrics, and save the adapter."""
-    model, tokenizer = train.load_base_model(base_dir, FP32, "none")
+    model, tokenizer = load_base(base_dir)
     peft_model = train.attach_lora(model, cfg)
     trainer = train.build_trainer(peft_model, tokenizer, cfg, FP32, pairs(12), pairs(4, start=100), out_dir / "run", [])
     metrics = train.run_training(trainer, cfg)
@@ -32,19 +38,6 @@ def trained(tiny_model_dir: Path, make_pairs: Any, tmp_path_factory: pytest.Temp
     out = tmp_path_factory.mktemp("trained")
     peft_model, _ = train_tiny(tiny_model_dir, make_pairs, out)
     return peft_model, out / "adapter"
-
-
-@pytest.mark.parametrize(
-    ("cuda", "bf16", "expected"),
-    [
-        (True, True, Precision("bf16", "bfloat16", bf16=True, fp16=False, lora_fp32=False)),
-        (True, False, Precision("fp16", "float16", bf16=False, fp16=True, lora_fp32=True)),
-        (False, False, Precision("fp32", "float32", bf16=False, fp16=False, lora_fp32=False)),
-        (False, True, Precision("fp32", "float32", bf16=False, fp16=False, lora_fp32=False)),  # CPU bf16 is slow
-    ],
-)
-def test_precision_follows_the_device(cuda: bool, bf16: bool, expected: Precision) -> None:
-    assert pick_precision(cuda, bf16) == expected
 
 
 def test_sft_args_override_trl_defaults_on_cpu(tmp_path: Path) -> None:
@@ -79,7 +72,7 @@ def test_4bit_without_cuda_fails_before_loading_anything(tmp_path: Path, monkeyp
 
 
 def test_unknown_target_module_lists_the_real_linear_layers(tiny_model_dir: Path) -> None:
-    model, _ = train.load_base_model(tiny_model_dir, FP32, "none")
+    model, _ = load_base(tiny_model_dir)
     cfg = from_dict(TrainConfig, {"lora": {"target_modules": ["q_proj", "qkv"]}}, "train")
     with pytest.raises(ConfigError) as err:
         train.attach_lora(model, cfg)
@@ -92,7 +85,7 @@ def test_unknown_target_module_lists_the_real_linear_layers(tiny_model_dir: Path
 def test_loss_mask_covers_exactly_the_answer_and_end_of_turn(
     tiny_model_dir: Path, make_pairs: Any, tmp_path: Path
 ) -> None:
-    model, tokenizer = train.load_base_model(tiny_model_dir, FP32, "none")
+    model, tokenizer = load_base(tiny_model_dir)
     pairs = make_pairs(3)
     trainer = train.build_trainer(train.attach_lora(model, QUICK), tokenizer, QUICK, FP32, pairs, pairs, tmp_path, [])
     for example, row in zip(trainer.train_dataset, train.conversations(pairs, QUICK.system_prompt), strict=True):
@@ -107,16 +100,17 @@ def test_loss_mask_covers_exactly_the_answer_and_end_of_turn(
         assert QUICK.system_prompt in prompt and prompt.endswith("<|im_start|>assistant\n")
 
 
-def test_fp16_precision_keeps_a_fp32_copy_of_the_lora_params(tiny_model_dir: Path, make_pairs: Any,
-                                                              tmp_path: Path) -> None:  # fmt: skip
+def test_fp16_precision_keeps_a_fp32_copy_of_the_lora_params(
+    tiny_model_dir: Path, make_pairs: Any, tmp_path: Path
+) -> None:
     import torch
 
-    model, tokenizer = train.load_base_model(tiny_model_dir, FP32, "none")
+    model, tokenizer = load_base(tiny_model_dir)
     peft_model = train.attach_lora(model.half(), QUICK)
     for param in peft_model.parameters():  # as trl leaves them for a quantized model (bf16) or peft could (fp16)
         param.data = param.data.half()
     # the fp16 recipe without CUDA autocast (which this CPU cannot run): only the LoRA upcast is under test
-    fp16_lora = Precision("fp32", "float32", bf16=False, fp16=False, lora_fp32=True)
+    fp16_lora = chat.Precision("fp32", "float32", bf16=False, fp16=False, lora_fp32=True)
     trainer = train.build_trainer(peft_model, tokenizer, QUICK, fp16_lora, make_pairs(2), make_pairs(2), tmp_path, [])
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     frozen = [p for p in trainer.model.parameters() if not p.requires_grad]

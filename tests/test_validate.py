@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from stages import validate
-from stages.common import PAIR_COLUMNS, ConfigError, UserError
+from stages.lib.common import UserError, sha256_tree
+from stages.lib.pairs import PAIR_COLUMNS
+from stages.lib.params import ConfigError
 from stages.validate import EXPECTATIONS, Contract, ValidateConfig, ungrounded_terms
 
 REFUSALS = ["not directly provided", "as an ai", "i cannot", "i'm sorry", "not mentioned in"]
@@ -24,8 +26,18 @@ POP = "func Pop(s *Stack) int {\n\tx := s.items[len(s.items)-1]\n\ts.items = s.i
 
 
 def pair(id: str, kind: str, question: str, answer: str, context: str, source: str, **extra: Any) -> dict[str, Any]:
-    row = {"id": id, "kind": kind, "question": question, "answer": answer, "context": context, "source": source,
-           "source_sha256": "0" * 64, "chunk_id": f"{source}#0", "symbol": None, "generator": "test"}  # fmt: skip
+    row = {
+        "id": id,
+        "kind": kind,
+        "question": question,
+        "answer": answer,
+        "context": context,
+        "source": source,
+        "source_sha256": "0" * 64,
+        "chunk_id": f"{source}#0",
+        "symbol": None,
+        "generator": "test",
+    }
     return row | extra
 
 
@@ -52,7 +64,7 @@ def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def context() -> Any:
-    return validate.gx_context(None)  # one ephemeral context for the module: the GX import is the slow part
+    return validate.gx_context()  # one ephemeral context for the module: the GX import is the slow part
 
 
 def run(context: Any, rows: list[dict[str, Any]], **cfg: Any) -> validate.Outcome:
@@ -117,12 +129,27 @@ def test_duplicate_questions_after_normalisation_reject_all_but_the_first(contex
 
 
 def test_grounding_rejects_a_number_or_backticked_flag_missing_from_the_passage(context: Any) -> None:
-    number = pair("n", "article", "How many servers run in a cluster?", "It runs 7 servers.", RAFT, "raft.md",
-                  chunk_id="number")  # fmt: skip
-    flag = pair("f", "article", "Which option tunes elections?", "Set `heartbeat_ms` to tune them.", RAFT, "raft.md",
-                chunk_id="flag")  # fmt: skip
-    present = pair("p", "article", "Which option tunes leader elections?", "Set `election_timeout`; runs 5.", RAFT,
-                   "raft.md", chunk_id="present")  # fmt: skip
+    number = pair(
+        "n", "article", "How many servers run in a cluster?", "It runs 7 servers.", RAFT, "raft.md", chunk_id="number"
+    )
+    flag = pair(
+        "f",
+        "article",
+        "Which option tunes elections?",
+        "Set `heartbeat_ms` to tune them.",
+        RAFT,
+        "raft.md",
+        chunk_id="flag",
+    )
+    present = pair(
+        "p",
+        "article",
+        "Which option tunes leader elections?",
+        "Set `election_timeout`; runs 5.",
+        RAFT,
+        "raft.md",
+        chunk_id="present",
+    )
     outcome = run(context, [*GOOD, number, flag, present])
     assert reasons(outcome) == {"number": ["grounded"], "flag": ["grounded"]}
     assert ungrounded_terms("article", number["answer"], RAFT, None) == "7"
@@ -139,8 +166,15 @@ def test_grounding_checks_capitalised_names_but_not_sentence_starts() -> None:
 
 def test_grounding_skips_byo_pairs_and_can_be_turned_off(context: Any) -> None:
     assert ungrounded_terms("pair", "Paris has 2 million people.", "", None) is None
-    ungrounded = pair("u", "article", "How many servers run in a cluster?", "It runs 7 servers.", RAFT, "raft.md",
-                      chunk_id="ungrounded")  # fmt: skip
+    ungrounded = pair(
+        "u",
+        "article",
+        "How many servers run in a cluster?",
+        "It runs 7 servers.",
+        RAFT,
+        "raft.md",
+        chunk_id="ungrounded",
+    )
     outcome = run(context, [*GOOD, ungrounded], grounding=False)
     assert outcome.rejected == []
     assert outcome.failed["grounded"] == 0
@@ -152,15 +186,19 @@ def test_sources_below_min_pairs_are_reported_not_dropped(context: Any) -> None:
     assert "l" in outcome.valid["id"].to_list()
     assert outcome.below_min == {"lonely.jsonl": 1}
     assert run(context, [*GOOD, lonely], min_pairs_per_source=3).below_min == {
-        "faq.jsonl": 2, "lonely.jsonl": 1, "paxos.md": 2, "raft.md": 2, "stack.go": 2,
-    }  # fmt: skip
+        "faq.jsonl": 2,
+        "lonely.jsonl": 1,
+        "paxos.md": 2,
+        "raft.md": 2,
+        "stack.go": 2,
+    }
     assert outcome.metrics()["sources_below_min"] == 1
     assert outcome.metrics()["sources_below_min_names"] == "lonely.jsonl"
 
 
 def test_reject_fraction_at_the_limit_passes_and_above_it_stops() -> None:
     valid = frame(GOOD[:2])
-    at_limit = validate.Outcome(valid, [{"id": "x"}, {"id": "y"}], {"grounded": 2}, {})
+    at_limit = validate.Outcome(valid, [{"id": "x"}, {"id": "y"}], {"grounded": 2}, {}, [])
     assert validate.rejection_error(at_limit, ValidateConfig(max_reject_fraction=0.5)) is None
     error = validate.rejection_error(at_limit, ValidateConfig(max_reject_fraction=0.4))
     assert error is not None and "grounded 2" in str(error) and "rejected.jsonl" in str(error)
@@ -209,7 +247,7 @@ def stage_dir(tmp: Path, rows: list[dict[str, Any]], **validate_section: Any) ->
     return tmp / "params.yaml"
 
 
-def test_main_writes_valid_rejected_metrics_and_data_docs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_writes_valid_rejected_metrics_and_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     validate.main(stage_dir(tmp_path, [*GOOD, PLANTED | {"question": "Why?"}]))
     assert pl.read_parquet("data/validate/valid.parquet").equals(frame(GOOD))
@@ -218,7 +256,22 @@ def test_main_writes_valid_rejected_metrics_and_data_docs(tmp_path: Path, monkey
     metrics = json.loads(Path("metrics/validate.json").read_text())
     assert metrics["rows"] == 9 and metrics["valid"] == 8 and metrics["failed.question_words"] == 1
     assert metrics["failed.grounded"] == 0 and metrics["sources_below_min"] == 0
-    assert "pairs_contract" in Path("reports/validate/index.html").read_text(encoding="utf-8")
+    report = Path("reports/validate/index.html").read_text(encoding="utf-8")
+    assert "pairs_contract" in report and "expect_column_values_to_be_between" in report
+    assert "<td>Why?</td>" in report and "<td>question_words</td>" in report
+
+
+def test_the_report_is_the_same_bytes_for_the_same_pairs_and_loads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params_path = stage_dir(tmp_path, [*GOOD, PLANTED | {"question": "Why?"}])
+    validate.main(params_path)
+    first = sha256_tree("reports/validate")
+    validate.main(params_path)
+    assert sha256_tree("reports/validate") == first  # so dvc.lock keeps one hash for the same pairs
+    report = Path("reports/validate/index.html").read_text(encoding="utf-8")
+    assert "http://" not in report and "https://" not in report and "<script" not in report
 
 
 def test_main_stops_above_max_reject_fraction_without_a_valid_table(

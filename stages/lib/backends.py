@@ -1,13 +1,17 @@
 """Chat backends shared by `generate` (pair writing) and `evaluate` (LLM judge), with an on-disk reply cache.
 
-    backend = make_chat_backend("openai", cfg.openai, cfg.transformers, Path(cfg.cache_dir), where="generate")
+    cfg = config_with_backends(GenerateConfig, params["generate"], "generate")  # cfg.backends["openai"], ...
+    backend = make_backend(cfg.backend, cfg.backends, Path(cfg.cache_dir), where="generate")
     replies = backend.chat(conversations, label="generate")  # one str | None per conversation
+
+A backend is one entry of `BACKENDS` (name -> config dataclass, implementation): add one there and it is
+a valid `generate.backend` and `evaluate.judge.backend`, configured by the params subsection of its name.
 
 - `openai`: any OpenAI-compatible `/v1/chat/completions` server (vLLM, Ollama, llama.cpp, a hosted API), via
   httpx with `concurrency` parallel requests; connect errors, timeouts, 429 and 5xx are retried with
   exponential backoff, other 4xx fail at once. The API key comes from the environment variable NAMED by
   `api_key_env` and never reaches params, logs, the cache or any output.
-- `transformers`: a local HF model folder, batched generation with left padding and the chat template.
+- `transformers`: a local HF model folder, answered through the chat core (stages/lib/chat.py).
 
 Every reply is cached under `cache_dir`, keyed by sha256 of json(backend, model, messages, sampling params):
 one small JSON file per reply, written atomically as it arrives, so an interrupted run resumes where it
@@ -17,6 +21,7 @@ text; it is not cached, and the caller counts it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,12 +30,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from stages.common import UserError, log, require, sha256_bytes, sha256_tree, write_json
+from stages.lib.common import UserError, log, sha256_bytes, sha256_tree, write_json
+from stages.lib.params import ConfigError, from_dict, require
 
 Conversation = list[dict[str, str]]
 OnReply = Callable[[int, str | None], None]
+
+T = TypeVar("T")
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.S)
@@ -38,7 +46,7 @@ FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.S)
 
 @dataclass(frozen=True)
 class OpenAIConfig:
-    """An OpenAI-compatible endpoint; the parent config calls `check(where)` so errors name the full key."""
+    """An OpenAI-compatible endpoint; `from_dict` calls `check(where)` so errors name the full key."""
 
     base_url: str = "http://localhost:8000/v1"
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
@@ -50,11 +58,17 @@ class OpenAIConfig:
     retries: int = 4
 
     def check(self, where: str) -> None:
-        require(self.base_url.startswith(("http://", "https://")), f"{where}.base_url",
-                f"must start with http:// or https://, got {self.base_url!r}")  # fmt: skip
+        require(
+            self.base_url.startswith(("http://", "https://")),
+            f"{where}.base_url",
+            f"must start with http:// or https://, got {self.base_url!r}",
+        )
         require(bool(self.model.strip()), f"{where}.model", "must not be empty")
-        require(self.api_key_env == "" or ENV_NAME.fullmatch(self.api_key_env) is not None, f"{where}.api_key_env",
-                "must be the NAME of an environment variable (like OPENAI_API_KEY), never the key itself")  # fmt: skip
+        require(
+            self.api_key_env == "" or ENV_NAME.fullmatch(self.api_key_env) is not None,
+            f"{where}.api_key_env",
+            "must be the NAME of an environment variable (like OPENAI_API_KEY), never the key itself",
+        )
         require(0 <= self.temperature <= 2, f"{where}.temperature", f"must be in [0, 2], got {self.temperature}")
         require(self.max_tokens >= 1, f"{where}.max_tokens", f"must be >= 1, got {self.max_tokens}")
         require(1 <= self.concurrency <= 64, f"{where}.concurrency", f"must be in [1, 64], got {self.concurrency}")
@@ -64,7 +78,7 @@ class OpenAIConfig:
 
 @dataclass(frozen=True)
 class TransformersConfig:
-    """A local HF model folder; the parent config calls `check(where)` so errors name the full key."""
+    """A local HF model folder; `from_dict` calls `check(where)` so errors name the full key."""
 
     model_path: str = "models/base"
     batch_size: int = 4
@@ -146,8 +160,14 @@ class ChatBackend:
                 on_reply(i, replies[i])
         self.cache_hits += len(conversations) - len(missing)
         self.cache_misses += len(missing)
-        log.info("%s: %d of %d replies cached, asking %s for %d", label, len(conversations) - len(missing),
-                 len(conversations), self.name, len(missing))  # fmt: skip
+        log.info(
+            "%s: %d of %d replies cached, asking %s for %d",
+            label,
+            len(conversations) - len(missing),
+            len(conversations),
+            self.name,
+            len(missing),
+        )
         for j, reply in self._complete([conversations[i] for i in missing]):
             i = missing[j]
             replies[i] = reply
@@ -169,17 +189,6 @@ class ChatBackend:
 def cache_key(identity: dict[str, Any], conversation: Conversation) -> str:
     blob = json.dumps({**identity, "messages": conversation}, sort_keys=True, ensure_ascii=False)
     return sha256_bytes(blob.encode("utf-8"))
-
-
-def make_chat_backend(
-    name: str, openai_cfg: OpenAIConfig, transformers_cfg: TransformersConfig, cache_dir: Path, where: str
-) -> ChatBackend:
-    """The backend `name` ("openai" | "transformers"); `where` is the params section, for error messages."""
-    if name == "openai":
-        return OpenAIChat(openai_cfg, cache_dir, where=f"{where}.openai")
-    if name == "transformers":
-        return TransformersChat(transformers_cfg, cache_dir, where=f"{where}.transformers")
-    raise ValueError(f"unknown chat backend {name!r}")
 
 
 # ---------------------------------------------------------------- openai
@@ -245,8 +254,12 @@ class OpenAIChat(ChatBackend):
             raise
 
     def _post_once(self, client: Any, conversation: Conversation) -> str | None:
-        body = {"model": self.cfg.model, "messages": conversation,
-                "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}  # fmt: skip
+        body = {
+            "model": self.cfg.model,
+            "messages": conversation,
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+        }
         response = client.post(self.url, json=body)
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryableStatus(f"HTTP {response.status_code}: {error_message(response)}")
@@ -317,44 +330,60 @@ class TransformersChat(ChatBackend):
         if self._digest is None:  # the weights, not the folder name, decide the replies
             self._digest = sha256_tree(self.path)
         sampling = {"temperature": self.cfg.temperature, "max_new_tokens": self.cfg.max_new_tokens}
-        return {"backend": "transformers", "model": {"path": self.cfg.model_path, "sha256": self._digest},
-                "sampling": sampling}  # fmt: skip
+        return {
+            "backend": "transformers",
+            "model": {"path": self.cfg.model_path, "sha256": self._digest},
+            "sampling": sampling,
+        }
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from stages.lib.chat import load_for_generation
 
-            tokenizer = AutoTokenizer.from_pretrained(self.path, padding_side="left")
-            if not tokenizer.chat_template:
-                raise UserError(f"{self.where}.model_path: {self.path} has no chat template; run `loradag model`")
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype="auto").to(device).eval()
-            self._loaded = (model, tokenizer)
+            self._loaded = load_for_generation(self.path)
         return self._loaded
 
     def _complete(self, conversations: list[Conversation]) -> Iterator[tuple[int, str | None]]:
+        from stages.lib.chat import Sampling, generate
+
         if not conversations:
             return
         model, tokenizer = self._load()
-        size = self.cfg.batch_size
-        for start in range(0, len(conversations), size):
-            for offset, reply in enumerate(self._generate(model, tokenizer, conversations[start : start + size])):
-                yield start + offset, reply
+        sampling = Sampling(self.cfg.max_new_tokens, self.cfg.temperature, seed=self.SEED)
+        for i, answer in enumerate(generate(model, tokenizer, conversations, sampling, self.cfg.batch_size)):
+            yield i, answer.text
 
-    def _generate(self, model: Any, tokenizer: Any, batch: list[Conversation]) -> list[str]:
-        import torch
 
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if self.cfg.temperature > 0:
-            torch.manual_seed(self.SEED)  # sampled replies still repeat from run to run
-            sampling = {"do_sample": True, "temperature": self.cfg.temperature}
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens,
-                                    pad_token_id=tokenizer.pad_token_id, **sampling)  # fmt: skip
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A chat backend: its params subsection (a config dataclass) and the class that answers through it."""
+
+    config: type
+    make: Callable[[Any, Path, str], ChatBackend]  # (config, cache_dir, where) -> backend
+
+
+# name -> backend: a name here is a valid `generate.backend` and `evaluate.judge.backend`, configured by the
+# subsection of that name (`generate.openai`, `evaluate.judge.transformers`, ...).
+BACKENDS = {
+    "openai": Backend(OpenAIConfig, OpenAIChat),
+    "transformers": Backend(TransformersConfig, TransformersChat),
+}
+
+
+def config_with_backends(cls: type[T], raw: Any, where: str) -> T:
+    """Config `cls` of params section `where`; each backend's subsection is checked into its `backends` field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    rest = dict(raw)
+    backends = {
+        name: from_dict(spec.config, rest.pop(name, None) or {}, f"{where}.{name}") for name, spec in BACKENDS.items()
+    }
+    return dataclasses.replace(from_dict(cls, rest, where), backends=backends)  # type: ignore[type-var]
+
+
+def make_backend(name: str, configs: dict[str, Any], cache_dir: Path, where: str) -> ChatBackend:
+    """The backend `name` built from its config; `where` is the params section, for error messages."""
+    return BACKENDS[name].make(configs[name], cache_dir, f"{where}.{name}")

@@ -1,6 +1,7 @@
 """The `loradag` command: one sub-command per DVC stage, each reading params.yaml.
 
-Stage modules are imported inside each command so `loradag --help` stays instant.
+A stage's module (stages/<stage>.py) is imported when its command runs, so `loradag --help` stays instant
+and `loradag <stage>` executes only this file, the stage module and what that imports (dvc.yaml's deps).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from stages.common import PARAMS_FILE, UserError, setup_logging
+from stages.lib.common import UserError, setup_logging
+from stages.lib.params import PARAMS_FILE, STAGES
 
 app = typer.Typer(
     help="loradag: articles or code -> Q&A pairs -> LoRA adapter -> keep/discard verdict. "
@@ -19,16 +21,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-STAGES = {
-    "model": "Prepare the base model as an HF folder (models/base/).",
-    "extract": "Articles, code or bring-your-own pairs -> data/extract/records.parquet.",
-    "generate": "Records -> Q&A pairs (data/generate/pairs.parquet).",
-    "validate": "Run the Great Expectations data contract on the pairs.",
-    "split": "Seeded, leakage-checked train/eval split.",
-    "train": "LoRA/QLoRA fine-tune of the base model (models/adapter/).",
-    "evaluate": "Base vs adapter on held-out pairs, metrics and keep/discard decision.",
-}
 
 ParamsOption = typer.Option(PARAMS_FILE, "--params", help="params file to read")
 

@@ -1,165 +1,27 @@
-"""Shared plumbing for every stage: params, typed configs, atomic writes, hashing, logging.
-
-If you are about to write a helper that two stages need, it belongs here.
-"""
+"""Plumbing every stage uses: the user-facing error, logging, atomic outputs, table input, hashing."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
-import types
 import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-
-import yaml
+from typing import Any
 
 if typing.TYPE_CHECKING:
     import polars as pl
-
-PARAMS_FILE = Path("params.yaml")
 
 log = logging.getLogger("loradag")
 
 
 class UserError(Exception):
     """A problem the user can fix (bad input, bad params, unreachable service): no traceback needed."""
-
-
-class ConfigError(UserError, ValueError):
-    """A params.yaml key that is unknown, mistyped or out of range; the message names the key."""
-
-
-# ---------------------------------------------------------------- the pair table
-
-# Q&A pairs as generate writes them and validate / split / train / evaluate read them.
-# kind: article | code | pair (bring-your-own); context: the passage, function source or BYO input an
-# answer must be grounded in; chunk_id: the extract record it came from; symbol: code pairs only.
-PAIR_COLUMNS = (
-    "id", "kind", "question", "answer", "context", "source", "source_sha256", "chunk_id", "symbol", "generator",
-)  # fmt: skip
-
-
-def normalize_question(text: str) -> str:
-    """Case, whitespace and punctuation folded away: how duplicate and leaking questions are compared."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def refusal_phrases(params: dict[str, Any]) -> list[str]:
-    """The top-level `refusal_phrases` list that validate and evaluate share, checked."""
-    phrases = params.get("refusal_phrases")
-    if not (isinstance(phrases, list) and phrases and all(isinstance(p, str) and p.strip() for p in phrases)):
-        raise ConfigError(f"refusal_phrases must be a non-empty list of non-empty strings, got {phrases!r}")
-    return phrases
-
-
-def refusal_regex(phrase: str) -> str:
-    """A refusal phrase as a regex: case-insensitive, any whitespace between words, ' and ’ alike."""
-    words = [re.escape(word).replace("'", "['’]") for word in phrase.split()]
-    return "(?i)" + r"\s+".join(words)
-
-
-def pair_schema() -> dict[str, Any]:
-    import polars as pl
-
-    return {name: pl.String for name in PAIR_COLUMNS}
-
-
-# ---------------------------------------------------------------- params and typed configs
-
-T = TypeVar("T")
-
-
-def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """Read params.yaml as a dict; a missing or malformed file names itself."""
-    if not path.exists():
-        raise UserError(f"{path}: not found; run loradag from the project folder that holds params.yaml")
-    try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(params, dict):
-        raise UserError(f"{path}: top level must be a mapping of sections")
-    return params
-
-
-def section_config(cls: type[T], params: dict[str, Any], section: str) -> T:
-    """Build the typed config of one params.yaml section; a missing section takes the defaults."""
-    return from_dict(cls, params.get(section) or {}, section)
-
-
-def from_dict(cls: type[T], raw: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by their dotted key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{where}.{key} is not a known key (known: {', '.join(known)})")
-    values = {key: _coerce(hints[key], value, f"{where}.{key}") for key, value in raw.items()}
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(option, value, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError("; or ".join(errors))
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        # YAML 1.1 reads `2e-4` as a string, and `dvc exp run -S` passes such values through.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} for {key}")
-
-
-def require(ok: bool, key: str, message: str) -> None:
-    """Range check for a config's __post_init__: `require(x > 0, "split.seed", "must be > 0, got -1")`."""
-    if not ok:
-        raise ConfigError(f"{key} {message}")
 
 
 # ---------------------------------------------------------------- atomic outputs

@@ -12,6 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from stages.lib.pairs import normalize_question
+
+
+@dataclass(frozen=True)
+class ExtractiveConfig:
+    """`generate.extractive`: no settings yet. The section exists so dvc.yaml can depend on the chosen
+    backend's section alone (`generate.${generate.backend}`), whichever backend that is."""
+
+
 # Answer types, most specific first: selection prefers earlier ones.
 ANSWER_TYPES = ("number", "version", "flag", "command", "setting", "name", "code", "identifier")
 RANK = {kind: i for i, kind in enumerate(ANSWER_TYPES)}
@@ -47,8 +56,29 @@ CLAUSE_BREAK = re.compile(r", (?:and|so|but|which|while) |: |; ")
 UNIT_PREFIXES = {"port", "seed", "rank", "step", "epoch", "line", "page", "layer", "version"}
 DETERMINERS = {"The", "A", "An", "Each", "Every", "This", "That", "These", "Those", "Its", "Their", "Your", "Our"}
 PRONOUNS = {"it", "this", "that", "they", "these", "those", "there", "here", "he", "she", "we", "you", "i"}
-CLAUSE_STARTS = {"when", "if", "because", "since", "although", "after", "before", "while", "with", "in", "on",
-                 "for", "at", "by", "once", "unless", "as", "to", "from", "during", "without"}  # fmt: skip
+CLAUSE_STARTS = {
+    "when",
+    "if",
+    "because",
+    "since",
+    "although",
+    "after",
+    "before",
+    "while",
+    "with",
+    "in",
+    "on",
+    "for",
+    "at",
+    "by",
+    "once",
+    "unless",
+    "as",
+    "to",
+    "from",
+    "during",
+    "without",
+}
 NOT_VERBS = {"this", "thus", "its", "his", "as", "us", "plus", "less", "unless", "always", "sometimes", "yes"}
 AUXILIARIES = {"is", "are", "was", "were", "can", "will", "must", "should", "may", "might", "does", "has", "have"}
 FILE_SUFFIX = re.compile(r"\.(?:ya?ml|json|jsonl|py|go|md|parquet|lock|txt|toml|safetensors|gguf|html|sh|cfg)$")
@@ -120,8 +150,10 @@ def is_prose_sentence(sentence: str) -> bool:
 
 def find_spans(text: str, start: int, end: int) -> list[Span]:
     """Candidate answer spans inside text[start:end], most specific type kept where spans overlap."""
-    spans = [Span(start + m.start(), start + m.end(), code_kind(m.group()[1:-1]))
-             for m in BACKTICKED.finditer(text[start:end])]  # fmt: skip
+    spans = [
+        Span(start + m.start(), start + m.end(), code_kind(m.group()[1:-1]))
+        for m in BACKTICKED.finditer(text[start:end])
+    ]
     masked = mask_code(text[start:end])
     spans += [Span(start + m.start(), start + m.end(), "flag") for m in FLAG.finditer(masked)]
     spans += [s for s in number_spans(masked, start) if not overlaps(s, spans)]
@@ -317,7 +349,7 @@ def pick_pairs(
     same pairs.
     """
     exclude = exclude or set()
-    pool = [c for c in candidate_pairs(text, partial_start) if question_key(c[1].question) not in exclude]
+    pool = [c for c in candidate_pairs(text, partial_start) if normalize_question(c[1].question) not in exclude]
     pool.sort(key=lambda c: (RANK[c[1].kind], c[2], c[1].start))
     numbers = sorted({c[0] for c in pool})
     # One pick per stretch of the chunk first (spread), then the best of what is left.
@@ -337,13 +369,9 @@ def first_fresh(
 ) -> ExtractivePair | None:
     """The first pair of `pool` from an allowed sentence whose answer and question are not picked yet."""
     answers = {p.answer.casefold() for p in picked}
-    questions = {question_key(p.question) for p in picked}
+    questions = {normalize_question(p.question) for p in picked}
     for number, pair, _ in pool:
-        if number in allowed and pair.answer.casefold() not in answers and question_key(pair.question) not in questions:
+        fresh = pair.answer.casefold() not in answers and normalize_question(pair.question) not in questions
+        if number in allowed and fresh:
             return pair
     return None
-
-
-def question_key(question: str) -> str:
-    """A question folded to a comparison key: case and punctuation other than backticks ignored."""
-    return " ".join(re.sub(r"[^\w`]+", " ", question.casefold()).split())

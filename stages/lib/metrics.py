@@ -1,8 +1,9 @@
-"""Answer metrics for `evaluate`: pure functions on strings, one score per (answer, reference).
+"""Answer metrics for `evaluate`: pure functions on strings, and the registry `ANSWER_METRICS` that names them.
 
 Per-answer scores are 0/1 or in [0, 1]; `None` means "not applicable" (a reference without numbers has
 no numeric match) and is left out of the mean. `side_metrics` turns one side's predictions into the
-flat numbers of metrics/evaluate.json.
+flat numbers of metrics/evaluate.json. A metric is one entry of `ANSWER_METRICS`: add one there and it is
+scored, reported, and (if `decidable`) a valid `evaluate.decision.metric`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -137,22 +140,62 @@ def mean(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def side_metrics(preds: list[dict[str, Any]], refusals: list[re.Pattern[str]], validator: Any = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Scoring:
+    """What scoring an answer may need besides the prediction row itself."""
+
+    refusals: list[re.Pattern[str]]
+    validator: Any = None  # a jsonschema validator when evaluate.json_schema is set
+    judge: bool = False  # prediction rows carry judge_score
+
+
+@dataclass(frozen=True)
+class Metric:
+    score: Callable[[dict[str, Any], Scoring], float | None]  # one prediction row -> score, None: not applicable
+    needs: str | None = None  # "json_schema" | "judge": scored only when that is configured
+    decidable: bool = True  # may be evaluate.decision.metric (higher is better)
+    total: bool = False  # summed over answers instead of averaged
+
+
+def _answer_vs_reference(fn: Callable[[str, str], float | None]) -> Callable[[dict[str, Any], Scoring], float | None]:
+    return lambda pred, _: fn(pred["answer"], pred["reference"])
+
+
+# In report order. mean_latency_s and the rates are not decidable: lower is better for them.
+ANSWER_METRICS = {
+    "token_f1": Metric(_answer_vs_reference(token_f1)),
+    "keyword_overlap": Metric(_answer_vs_reference(keyword_overlap)),
+    "numeric_match": Metric(_answer_vs_reference(numeric_match)),
+    "exact_match": Metric(_answer_vs_reference(exact_match)),
+    "refusal_rate": Metric(lambda p, s: float(is_refusal(p["answer"], s.refusals)), decidable=False),
+    "degenerate_rate": Metric(lambda p, s: float(is_degenerate(p["answer"])), decidable=False),
+    "format_compliance": Metric(lambda p, s: float(json_compliant(p["answer"], s.validator)), needs="json_schema"),
+    "judge_mean": Metric(lambda p, s: p["judge_score"], needs="judge"),
+    "judge_unparseable": Metric(
+        lambda p, s: float(p["judge_score"] is None), needs="judge", decidable=False, total=True
+    ),
+    "mean_answer_tokens": Metric(lambda p, s: float(p["tokens"]), decidable=False),
+    "mean_latency_s": Metric(lambda p, s: float(p["latency_s"]), decidable=False),
+}
+DECIDABLE = tuple(name for name, metric in ANSWER_METRICS.items() if metric.decidable)
+
+
+def applies(metric: Metric, scoring: Scoring) -> bool:
+    return (
+        metric.needs is None
+        or (metric.needs == "json_schema" and scoring.validator is not None)
+        or (metric.needs == "judge" and scoring.judge)
+    )
+
+
+def side_metrics(preds: list[dict[str, Any]], scoring: Scoring) -> dict[str, float]:
     """One side's metrics, rounded to 4 decimals; metrics with no applicable answers are left out."""
-    pairs = [(p["answer"], p["reference"]) for p in preds]
-    values: dict[str, float | None] = {
-        "refusal_rate": mean([float(is_refusal(a, refusals)) for a, _ in pairs]),
-        "exact_match": mean([exact_match(a, r) for a, r in pairs]),
-        "token_f1": mean([token_f1(a, r) for a, r in pairs]),
-        "keyword_overlap": mean([keyword_overlap(a, r) for a, r in pairs]),
-        "numeric_match": mean([numeric_match(a, r) for a, r in pairs]),
-        "mean_answer_tokens": mean([float(p["tokens"]) for p in preds]),
-        "mean_latency_s": mean([float(p["latency_s"]) for p in preds]),
-        "degenerate_rate": mean([float(is_degenerate(a)) for a, _ in pairs]),
-    }
-    if validator is not None:
-        values["format_compliance"] = mean([float(json_compliant(a, validator)) for a, _ in pairs])
-    if preds and "judge_score" in preds[0]:
-        values["judge_mean"] = mean([p["judge_score"] for p in preds])
-        values["judge_unparseable"] = float(sum(p["judge_score"] is None for p in preds))
-    return {name: round(value, 4) for name, value in values.items() if value is not None}
+    values = {}
+    for name, metric in ANSWER_METRICS.items():
+        if not applies(metric, scoring):
+            continue
+        scores = [metric.score(pred, scoring) for pred in preds]
+        value = sum(s for s in scores if s is not None) if metric.total else mean(scores)
+        if value is not None:
+            values[name] = round(value, 4)
+    return values

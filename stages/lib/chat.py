@@ -1,0 +1,216 @@
+"""The chat core: a pair as a conversation, a conversation as prompt tokens, and batched generation.
+
+train (what trl tokenizes), evaluate, the transformers backend and serving all build prompts here, so the
+prompt a model is trained on is, token for token, the prompt it is asked with:
+
+    messages = prompt_messages(question, system_prompt)     # [system, user]
+    example = training_example(question, answer, system_prompt)  # trl prompt/completion row
+    ids = prompt_ids(tokenizer, messages)                   # the template's generation prompt, tokenized
+    for answer in generate(model, tokenizer, [messages], Sampling(max_new_tokens=96), batch_size=16): ...
+
+Model loading lives here too: the precision a device gets, the pad-token fallback and the ChatML template
+for tokenizers that ship none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from stages.lib.common import UserError
+from stages.lib.params import ConfigError
+
+Conversation = list[dict[str, str]]
+
+DEFAULT_SYSTEM_PROMPT = "You are loradag's assistant. Answer from what you learned, tersely."
+
+# ChatML, for base models that ship no chat template of their own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def prompt_messages(question: str, system_prompt: str) -> Conversation:
+    """What the model is asked for one pair, in training, evaluation and serving alike."""
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+
+
+def training_example(question: str, answer: str, system_prompt: str) -> dict[str, Conversation]:
+    """A trl prompt/completion row: the loss falls on the completion (the answer and its end of turn) only."""
+    return {
+        "prompt": prompt_messages(question, system_prompt),
+        "completion": [{"role": "assistant", "content": answer}],
+    }
+
+
+def system_prompt(params: dict[str, Any]) -> str:
+    """`train.system_prompt`, which evaluate and serving must use exactly as train did."""
+    value = (params.get("train") or {}).get("system_prompt", DEFAULT_SYSTEM_PROMPT)
+    check_system_prompt(value)
+    return value
+
+
+def check_system_prompt(value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"train.system_prompt must be a non-empty string, got {value!r}")
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def render_prompt(tokenizer: Any, messages: Conversation) -> str:
+    """The conversation through the tokenizer's chat template, ending where the assistant's answer begins."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: Any, messages: Conversation) -> list[int]:
+    # The template writes any special tokens itself; the tokenizer must not add a second BOS.
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def encode_batch(tokenizer: Any, conversations: list[Conversation]) -> Any:
+    """Prompt ids of several conversations, left-padded to one length (the tokenizer pads on the left)."""
+    assert tokenizer.padding_side == "left", "batched generation needs a left-padding tokenizer"
+    texts = [render_prompt(tokenizer, messages) for messages in conversations]
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+# ---------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0  # sampled answers still repeat from run to run
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: int  # new tokens up to the first stop token
+    latency_s: float  # the batch's time, per question
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End of sequence, end of turn and padding: whichever comes first ends an answer."""
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    stop.update(configured if isinstance(configured, list) else [configured])
+    return sorted(stop - {None})
+
+
+def generate(
+    model: Any, tokenizer: Any, conversations: list[Conversation], sampling: Sampling, batch_size: int
+) -> Iterator[Answer]:
+    """Answers to the conversations, in order, `batch_size` at a time (yielded as each batch finishes)."""
+    import torch
+    from transformers import GenerationConfig
+
+    stop = stop_token_ids(model, tokenizer)
+    options: dict[str, Any] = {"do_sample": False}
+    if sampling.temperature > 0:
+        options = {"do_sample": True, "temperature": sampling.temperature}
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop, **options
+    )
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        inputs = encode_batch(tokenizer, batch).to(model.device)
+        if sampling.temperature > 0:
+            torch.manual_seed(sampling.seed)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(**inputs, generation_config=config)
+        latency = (time.perf_counter() - began) / len(batch)
+        for new in output[:, inputs["input_ids"].shape[1] :].tolist():
+            length = next((i for i, token in enumerate(new) if token in stop), len(new))
+            text = tokenizer.decode(new[:length], skip_special_tokens=True).strip()
+            yield Answer(text=text, tokens=length, latency_s=round(latency, 4))
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: Literal["bf16", "fp16", "fp32"]
+    dtype: Literal["bfloat16", "float16", "float32"]  # base weights as loaded (and QLoRA compute dtype)
+    bf16: bool  # autocast flags for the trainer
+    fp16: bool
+    lora_fp32: bool  # keep a fp32 master copy of the LoRA params (the fp16 grad scaler cannot unscale fp16 grads)
+
+
+def pick_precision(cuda_available: bool, bf16_supported: bool) -> Precision:
+    """bf16 on CUDA cards that have it, fp16 + fp32 LoRA on older cards, fp32 on CPU (bf16 there is ~12x slower)."""
+    if cuda_available and bf16_supported:
+        return Precision("bf16", "bfloat16", bf16=True, fp16=False, lora_fp32=False)
+    if cuda_available:
+        return Precision("fp16", "float16", bf16=False, fp16=True, lora_fp32=True)
+    return Precision("fp32", "float32", bf16=False, fp16=False, lora_fp32=False)
+
+
+def device_precision() -> Precision:
+    """The precision for this machine's best device."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return pick_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+
+
+def prepare_tokenizer(tokenizer: Any) -> str:
+    """Give a tokenizer a pad token and a chat template if it lacks them; return where the template came from."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # never attended to: the attention mask hides padding
+    if tokenizer.chat_template:
+        return "model"
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return "chatml_default"
+
+
+def load_tokenizer(path: Path, padding_side: Literal["left", "right"] = "right") -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    if not tokenizer.chat_template:
+        raise UserError(f"{path}: the tokenizer has no chat template; prepare the folder with `loradag model`")
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def load_model(path: Path, precision: Precision, quantization: Literal["none", "4bit"] = "none") -> Any:
+    """A causal LM from an HF folder in the precision's dtype (NF4-quantized on the GPU for QLoRA), on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not an HF model folder (no config.json); run `loradag model` first")
+    dtype = getattr(torch, precision.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def load_for_generation(base: Path, adapter: Path | None = None) -> tuple[Any, Any]:
+    """(model in eval mode on the best device, left-padding tokenizer); with `adapter`, a PEFT model on `base`."""
+    import torch
+
+    model = load_model(base, device_precision()).to("cuda" if torch.cuda.is_available() else "cpu")
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserError(f"{adapter}: no adapter there (no adapter_config.json); run `loradag train` first")
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval(), load_tokenizer(base, padding_side="left")
