@@ -30,7 +30,7 @@ METRICS = Path("metrics/extract.json")
 
 ARTICLE_SUFFIXES = (".md", ".markdown", ".txt", ".html")
 PAIR_SUFFIXES = (".jsonl",)
-SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "vendored", "generated")
+SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "vendored", "generated", "outside_root")
 
 PROVENANCE = {"id": pl.String, "kind": pl.String, "source": pl.String, "source_sha256": pl.String}
 SCHEMAS = {
@@ -288,10 +288,46 @@ def input_files(root: Path, kind: str, cfg: ExtractConfig) -> list[Path]:
         suffixes = PAIR_SUFFIXES
     else:
         suffixes = tuple(s for s, lang in mining.LANGUAGES.items() if lang in cfg.code.languages)
+    real_root = root.resolve()
+    # rglob does not descend into folder links; one leading outside is listed so that extract refuses it by name
     return sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
+        (
+            p
+            for p in root.rglob("*")
+            if (p.is_file() and p.suffix.lower() in suffixes) or (p.is_dir() and outside_root(p, real_root))
+        ),
         key=lambda p: p.relative_to(root).as_posix(),
     )
+
+
+def outside_root(path: Path, real_root: Path) -> Path | None:
+    """Where a symlink takes `path` when that is outside `real_root` (a resolved path); None when it stays inside."""
+    target = path.resolve()
+    return None if target.is_relative_to(real_root) else target
+
+
+def read_inside(path: Path, source: str, real_root: Path) -> bytes:
+    """The bytes of an input file, refusing one that a symlink takes outside extract.root (a link to /etc/shadow)."""
+    target = outside_root(path, real_root)
+    if target is not None:
+        raise BadInput(source, "outside_root", f"is a symlink to {target}, outside extract.root; not read")
+    return path.read_bytes()
+
+
+def file_records(path: Path, source: str, real_root: Path, cfg: ExtractConfig, skipped: Counter[str]) -> list[Any]:
+    """The records of one input file; raises BadInput for a file that cannot be used."""
+    raw = read_inside(path, source, real_root)
+    if cfg.kind == "code" and mining.is_vendored(source):
+        skipped["vendored"] += 1
+        return []
+    if cfg.kind == "code" and path.suffix == ".go" and mining.is_generated_go(raw.decode("utf-8", "replace")):
+        skipped["generated"] += 1
+        return []
+    if cfg.kind == "articles":
+        return article_records(source, raw, cfg)
+    if cfg.kind == "code":
+        return code_records(source, raw, cfg)
+    return pair_records(source, raw, cfg, skipped)
 
 
 def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -302,21 +338,8 @@ def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int
     records: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for path in files:
-        source = path.relative_to(root).as_posix()
-        raw = path.read_bytes()
-        if cfg.kind == "code" and mining.is_vendored(source):
-            skipped["vendored"] += 1
-            continue
-        if cfg.kind == "code" and path.suffix == ".go" and mining.is_generated_go(raw.decode("utf-8", "replace")):
-            skipped["generated"] += 1
-            continue
         try:
-            if cfg.kind == "articles":
-                records += article_records(source, raw, cfg)
-            elif cfg.kind == "code":
-                records += code_records(source, raw, cfg)
-            else:
-                records += pair_records(source, raw, cfg, skipped)
+            records += file_records(path, path.relative_to(root).as_posix(), root.resolve(), cfg, skipped)
         except BadInput as bad:
             if cfg.on_bad_file == "error":
                 raise UserError(f"{root.as_posix()}/{bad} (or set extract.on_bad_file: skip)") from bad

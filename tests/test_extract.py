@@ -198,3 +198,34 @@ def test_main_writes_nothing_when_input_is_bad(tmp_path: Path, monkeypatch: pyte
         main(Path("params.yaml"))
     assert pl.read_parquet("data/extract/records.parquet").equals(first)
     assert sorted(p.name for p in Path("data/extract").iterdir()) == ["records.parquet"]
+
+
+# ---------------------------------------------------------------- symlinks
+
+
+def test_a_symlink_leading_outside_the_root_is_refused_or_skipped(tmp_path: Path) -> None:
+    root, outside = tmp_path / "raw", tmp_path / "private"
+    write(outside, "shadow.md", "root secret hash")
+    write(root, "good.md", words(5))
+    (root / "leak.md").symlink_to(outside / "shadow.md")
+    (root / "etc").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UserError, match=r"raw/etc: is a symlink to .*/private, outside extract\.root"):
+        extract(root, config(root=str(root)))
+    table, counts = extract(root, config(root=str(root), on_bad_file="skip"))
+    assert table["source"].to_list() == ["good.md"] and counts["skipped_outside_root"] == 2
+    assert not any("secret" in text for text in table["text"])
+
+
+def test_a_file_symlink_outside_the_root_is_named_with_its_target(tmp_path: Path) -> None:
+    write(tmp_path / "private", "shadow.md", "root secret hash")
+    write(tmp_path / "raw", "good.md", words(5))
+    (tmp_path / "raw" / "leak.md").symlink_to(tmp_path / "private" / "shadow.md")
+    with pytest.raises(UserError, match=r"raw/leak\.md: is a symlink to .*/private/shadow\.md, outside extract\.root"):
+        extract(tmp_path / "raw", config(root=str(tmp_path / "raw")))
+
+
+def test_a_symlink_that_stays_inside_the_root_is_read(tmp_path: Path) -> None:
+    write(tmp_path, "docs/a.md", words(5))
+    (tmp_path / "alias.md").symlink_to(tmp_path / "docs" / "a.md")
+    table, counts = extract(tmp_path, config(root=str(tmp_path)))
+    assert table["source"].to_list() == ["alias.md", "docs/a.md"] and counts["skipped_outside_root"] == 0
