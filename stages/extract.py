@@ -275,6 +275,7 @@ def decode_text(source: str, raw: bytes) -> str:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise BadInput(f"{source}:{line}", "not_utf8", f"not UTF-8 text (byte 0x{raw[err.start]:02x})") from err
+    text = text.removeprefix("\ufeff")  # a BOM (Windows editors) would hide front matter and break JSON/code parsers
     if not text.strip():
         raise BadInput(source, "empty", "file is empty")
     return text

@@ -200,7 +200,7 @@ def test_main_writes_nothing_when_input_is_bad(tmp_path: Path, monkeypatch: pyte
     assert sorted(p.name for p in Path("data/extract").iterdir()) == ["records.parquet"]
 
 
-# ---------------------------------------------------------------- symlinks
+# ---------------------------------------------------------------- symlinks and byte-order marks
 
 
 def test_a_symlink_leading_outside_the_root_is_refused_or_skipped(tmp_path: Path) -> None:
@@ -229,3 +229,24 @@ def test_a_symlink_that_stays_inside_the_root_is_read(tmp_path: Path) -> None:
     (tmp_path / "alias.md").symlink_to(tmp_path / "docs" / "a.md")
     table, counts = extract(tmp_path, config(root=str(tmp_path)))
     assert table["source"].to_list() == ["alias.md", "docs/a.md"] and counts["skipped_outside_root"] == 0
+
+
+BOM = "\ufeff"
+
+
+def test_a_bom_does_not_keep_markdown_front_matter(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", BOM + "---\ntitle: Secret title\n---\nBody words here.\n")
+    table, _ = extract(tmp_path, config(root=str(tmp_path)))
+    assert table["text"].to_list() == ["Body words here."]
+
+
+def test_a_bom_python_file_is_mined(tmp_path: Path) -> None:
+    write(tmp_path, "m.py", BOM + 'def f(x):\n    """Doc."""\n    y = x\n    y += 1\n    return y\n')
+    table, _ = extract(tmp_path, config(kind="code", root=str(tmp_path)))
+    assert table["symbol"].to_list() == ["f"]
+
+
+def test_a_bom_jsonl_file_parses(tmp_path: Path) -> None:
+    write(tmp_path, "p.jsonl", BOM + '{"question": "Q?", "answer": "A"}\n')
+    table, _ = extract(tmp_path, config(kind="pairs", root=str(tmp_path)))
+    assert table.select("instruction", "output").rows() == [("Q?", "A")]
