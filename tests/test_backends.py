@@ -291,6 +291,62 @@ def test_no_key_in_the_environment_sends_no_authorization_header(
     assert server.calls[0]["auth"] is None
 
 
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "hf_AbCdEfGhIjKlMnOpQrStUvWxYz123456",
+        "sk_live_51HqLyjWDarjtT1zdp7dc",
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+        "AKIAIOSFODNN7EXAMPLE",
+        "AIzaSyDdI0hCZtE6vySjMm_WEfRq3CPzqKqqsHI",
+        "gsk_Wq7RtY2uI9oP4aS6dF1g",
+        "q8Xk2LmP9vR4tZ7wY1nB5cD3",  # no known prefix, but long and mixed like a key
+    ],
+)
+def test_a_key_pasted_into_api_key_env_is_rejected_without_echoing_it(pasted: str) -> None:
+    with pytest.raises(ConfigError, match=r"generate\.openai\.api_key_env looks like a key") as err:
+        from_dict(OpenAIConfig, {"api_key_env": pasted}, "generate.openai")
+    assert pasted not in str(err.value)
+
+
+def test_a_dashed_key_in_api_key_env_is_rejected_without_echoing_it() -> None:
+    with pytest.raises(ConfigError, match=r"generate\.openai\.api_key_env must be the NAME") as err:
+        from_dict(OpenAIConfig, {"api_key_env": "sk-proj-Ab12Cd34Ef56"}, "generate.openai")
+    assert "sk-proj" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "HF_TOKEN", "MY_KEY_2", "LORADAG_TEST_KEY", "skip_key", ""])
+def test_conventional_variable_names_are_accepted_as_api_key_env(name: str) -> None:
+    assert from_dict(OpenAIConfig, {"api_key_env": name}, "generate.openai").api_key_env == name
+
+
+def test_a_key_the_server_echoes_in_its_401_is_not_in_the_error(
+    serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-loradag-test-7f3a9c1e5b"
+    monkeypatch.setenv("LORADAG_TEST_KEY", secret)
+
+    def reject(body: dict, number: int) -> tuple[int, Any]:
+        return 401, {"error": {"message": f"Incorrect API key provided: {secret}"}}
+
+    server = serve(reject)
+    with pytest.raises(UserError) as err:
+        backend(server.url, tmp_path, concurrency=1).chat(conversations(1), "test")
+    assert secret not in str(err.value)
+    assert "Incorrect API key provided: $LORADAG_TEST_KEY" in str(err.value)
+
+
+def test_a_key_echoed_in_retried_5xx_replies_is_not_in_the_error(
+    serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-loradag-test-7f3a9c1e5b"
+    monkeypatch.setenv("LORADAG_TEST_KEY", secret)
+    server = serve(lambda body, n: (503, {"error": {"message": f"upstream rejected {secret}"}}))
+    with pytest.raises(UserError, match="after 2 attempts") as err:
+        backend(server.url, tmp_path, concurrency=1, retries=1).chat(conversations(1), "test")
+    assert secret not in str(err.value) and "$LORADAG_TEST_KEY" in str(err.value)
+
+
 # --- helpers ------------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,10 @@ OnReply = Callable[[int, str | None], None]
 T = TypeVar("T")
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How pasted keys start (OpenAI, Hugging Face, GitHub, Slack, AWS, Google, GitLab, Anthropic, Groq, Replicate):
+# such a value in `api_key_env` is the key itself, and it would land in dvc.lock and in error messages.
+SECRET_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xoxb-", "xoxp-")
+SECRET_PREFIXES += ("AKIA", "ASIA", "AIza", "glpat-", "gsk_", "r8_")
 FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.S)
 
 
@@ -69,6 +73,12 @@ class OpenAIConfig:
             f"{where}.api_key_env",
             "must be the NAME of an environment variable (like OPENAI_API_KEY), never the key itself",
         )
+        require(  # the value is not repeated: it would print the key
+            not looks_like_secret(self.api_key_env),
+            f"{where}.api_key_env",
+            "looks like a key, not the NAME of an environment variable: put the key in a variable (like "
+            "OPENAI_API_KEY), name that here, take the key out of params.yaml and dvc.lock, and revoke it",
+        )
         require(0 <= self.temperature <= 2, f"{where}.temperature", f"must be in [0, 2], got {self.temperature}")
         require(self.max_tokens >= 1, f"{where}.max_tokens", f"must be >= 1, got {self.max_tokens}")
         require(1 <= self.concurrency <= 64, f"{where}.concurrency", f"must be in [1, 64], got {self.concurrency}")
@@ -90,6 +100,14 @@ class TransformersConfig:
         require(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.max_new_tokens >= 1, f"{where}.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(0 <= self.temperature <= 2, f"{where}.temperature", f"must be in [0, 2], got {self.temperature}")
+
+
+def looks_like_secret(value: str) -> bool:
+    """A known key prefix, or 20+ characters mixing upper case, lower case and digits: a key, not a variable name."""
+    if value.startswith(SECRET_PREFIXES):
+        return True
+    mixed = any(c.isupper() for c in value) and any(c.islower() for c in value) and any(c.isdigit() for c in value)
+    return len(value) >= 20 and mixed
 
 
 def extract_json(reply: str) -> Any | None:
@@ -216,7 +234,7 @@ class OpenAIChat(ChatBackend):
     def _complete(self, conversations: list[Conversation]) -> Iterator[tuple[int, str | None]]:
         import httpx
 
-        key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
+        key = self._api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         with (
             httpx.Client(headers=headers, timeout=self.cfg.timeout_s) as client,
@@ -233,6 +251,14 @@ class OpenAIChat(ChatBackend):
                     failure = error
         if failure is not None:
             raise failure if isinstance(failure, UserError) else self._unreachable(failure)
+
+    def _api_key(self) -> str:
+        return os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
+
+    def _redact(self, message: str) -> str:
+        """`message` with the API key replaced by $NAME: servers echo a rejected key back in their 401 text."""
+        key = self._api_key()
+        return message.replace(key, f"${self.cfg.api_key_env}") if key else message
 
     def _post(self, client: Any, conversation: Conversation, stop: threading.Event) -> str | None:
         import httpx
@@ -265,9 +291,11 @@ class OpenAIChat(ChatBackend):
             raise RetryableStatus(f"HTTP {response.status_code}: {error_message(response)}")
         if response.status_code >= 400:
             raise UserError(
-                f"{self.where}: {self.url} answered HTTP {response.status_code}: {error_message(response)}. "
-                f"Check `{self.where}.model`, `{self.where}.base_url` and that {self._key_source()} holds a key "
-                "this server accepts."
+                self._redact(
+                    f"{self.where}: {self.url} answered HTTP {response.status_code}: {error_message(response)}. "
+                    f"Check `{self.where}.model`, `{self.where}.base_url` and that {self._key_source()} holds a key "
+                    "this server accepts."
+                )
             )
         try:
             content = response.json()["choices"][0]["message"]["content"]
@@ -280,10 +308,12 @@ class OpenAIChat(ChatBackend):
 
     def _unreachable(self, err: BaseException) -> UserError:
         return UserError(
-            f"{self.where}: no answer from {self.url} after {self.cfg.retries + 1} attempts "
-            f"({type(err).__name__}: {err}). Is the server up? Is `{self.where}.base_url` right (it usually "
-            f"ends in /v1)? Is {self._key_source()} set if the server needs a key? Replies received so far "
-            f"are cached under {self.cache.root}; rerun to resume."
+            self._redact(
+                f"{self.where}: no answer from {self.url} after {self.cfg.retries + 1} attempts "
+                f"({type(err).__name__}: {err}). Is the server up? Is `{self.where}.base_url` right (it usually "
+                f"ends in /v1)? Is {self._key_source()} set if the server needs a key? Replies received so far "
+                f"are cached under {self.cache.root}; rerun to resume."
+            )
         )
 
     def _key_source(self) -> str:
