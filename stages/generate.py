@@ -105,6 +105,11 @@ def parse_pairs(reply: str | None) -> tuple[list[tuple[str, str]] | None, int]:
     return pairs, bad
 
 
+def is_pairs_reply(reply: str) -> bool:
+    """Whether a reply is worth caching: one that is not {"pairs": [...]} JSON is asked again on the next run."""
+    return parse_pairs(reply)[0] is not None
+
+
 # ---------------------------------------------------------------- records -> pairs
 
 
@@ -182,7 +187,7 @@ def article_pairs(
             bar.set_postfix(pairs=sum(map(len, found.values())))
 
         conversations = [pair_prompt(chunk["text"], cfg.pairs_per_chunk) for chunk in chunks]
-        backend.chat(conversations, label="generate", on_reply=on_reply)
+        backend.chat(conversations, label="generate", on_reply=on_reply, accept=is_pairs_reply)
     return found
 
 

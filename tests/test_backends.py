@@ -198,28 +198,57 @@ def test_a_run_where_every_reply_is_malformed_fails_and_writes_nothing(
     with pytest.raises(UserError, match="no pairs from 2 chunks"):
         run_generate_stage(tmp_path, monkeypatch, server.url, texts=["one", "two"])
     assert not (tmp_path / "data" / "generate").exists()
-    assert len(list((tmp_path / ".cache" / "generate").rglob("*.json"))) == 2  # a rerun will not ask again
+    assert not list((tmp_path / ".cache" / "generate").rglob("*.json"))  # a rerun asks again
+
+
+def test_a_malformed_reply_is_not_cached_so_a_rerun_after_a_fix_asks_again(
+    serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = json.dumps({"pairs": [{"question": "What follows hello?", "answer": "world"}]})
+    server = serve(lambda body, n: (200, completion("Sorry, I cannot help." if n == 1 else good)))
+    with pytest.raises(UserError, match="no pairs from 1 chunks"):
+        run_generate_stage(tmp_path, monkeypatch, server.url, texts=["hello world"])
+    generate_main(tmp_path / "params.yaml")
+    metrics = json.loads((tmp_path / "metrics" / "generate.json").read_text())
+    assert len(server.calls) == 2
+    assert (metrics["pairs"], metrics["dropped_malformed"], metrics["cache_misses"]) == (1, 0, 1)
 
 
 # --- cache --------------------------------------------------------------------------------------------
 
 
 def test_a_rerun_after_a_failed_run_only_asks_for_the_missing_replies(serve, tmp_path: Path) -> None:
-    broken = serve(lambda body, n: echo(body, n) if n <= 2 else (503, {"error": "down"}))
-    with pytest.raises(UserError, match="rerun to resume"):
-        backend(broken.url, tmp_path, concurrency=1, retries=1).chat(conversations(5), "test")
-    assert len(list(tmp_path.rglob("*.json"))) == 2
+    down = threading.Event()  # one server (the endpoint is part of the cache key) that goes down, then comes back
 
-    healthy = serve(echo)
-    chat = backend(healthy.url, tmp_path, concurrency=1)
+    def respond(body: dict, number: int) -> tuple[int, Any]:
+        if number == 3:
+            down.set()
+        return (503, {"error": "down"}) if down.is_set() else echo(body, number)
+
+    server = serve(respond)
+    with pytest.raises(UserError, match="rerun to resume"):
+        backend(server.url, tmp_path, concurrency=1, retries=1).chat(conversations(5), "test")
+    assert len(list(tmp_path.rglob("*.json"))) == 2 and len(server.calls) == 4
+
+    down.clear()
+    chat = backend(server.url, tmp_path, concurrency=1)
     replies = chat.chat(conversations(5), "test")
     assert replies == [f"echo: prompt {i}" for i in range(5)]
-    assert len(healthy.calls) == 3 and (chat.cache_hits, chat.cache_misses) == (2, 3)
-    assert [c["body"]["messages"][0]["content"] for c in healthy.calls] == ["prompt 2", "prompt 3", "prompt 4"]
+    assert len(server.calls) == 7 and (chat.cache_hits, chat.cache_misses) == (2, 3)
+    assert [c["body"]["messages"][0]["content"] for c in server.calls[4:]] == ["prompt 2", "prompt 3", "prompt 4"]
 
-    again = backend(healthy.url, tmp_path, concurrency=1)
+    down.set()
+    again = backend(server.url, tmp_path, concurrency=1)
     assert again.chat(conversations(5), "test") == replies
-    assert len(healthy.calls) == 3 and again.cache_hits == 5
+    assert len(server.calls) == 7 and again.cache_hits == 5
+
+
+def test_the_endpoint_is_part_of_the_cache_key(serve, tmp_path: Path) -> None:
+    first, second = serve(echo), serve(echo)
+    backend(first.url, tmp_path).chat(conversations(2), "test")
+    backend(second.url, tmp_path).chat(conversations(2), "test")
+    backend(second.url + "/", tmp_path).chat(conversations(2), "test")  # the same endpoint
+    assert (len(first.calls), len(second.calls)) == (2, 2)
 
 
 def test_sampling_params_are_part_of_the_cache_key(serve, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ a valid `generate.backend` and `evaluate.judge.backend`, configured by the param
   `api_key_env` and never reaches params, logs, the cache or any output.
 - `transformers`: a local HF model folder, answered through the chat core (stages/lib/chat.py).
 
-Every reply is cached under `cache_dir`, keyed by sha256 of json(backend, model, messages, sampling params):
-one small JSON file per reply, written atomically as it arrives, so an interrupted run resumes where it
-stopped and a rerun with identical inputs gets identical replies. `None` means the server's reply had no
-text; it is not cached, and the caller counts it.
+Every reply is cached under `cache_dir`, keyed by sha256 of json(backend, endpoint (openai: `base_url` without
+a trailing slash), model, messages, sampling params): one small JSON file per reply, written atomically as it
+arrives, so an interrupted run resumes where it stopped and a rerun with identical inputs gets identical replies.
+`None` means the server's reply had no text; it is not cached, and the caller counts it. Neither is a reply the
+caller's `accept` rejects (generate: not {"pairs": [...]} JSON), so a rerun after fixing the server asks again.
 """
 
 from __future__ import annotations
@@ -160,11 +161,19 @@ class ChatBackend:
         self.cache_hits = 0
         self.cache_misses = 0
 
-    def chat(self, conversations: list[Conversation], label: str, on_reply: OnReply | None = None) -> list[str | None]:
+    def chat(
+        self,
+        conversations: list[Conversation],
+        label: str,
+        on_reply: OnReply | None = None,
+        accept: Callable[[str], bool] | None = None,
+    ) -> list[str | None]:
         """One reply per conversation, in order (None: no usable text); `label` names the caller in log lines.
 
         on_reply(index, reply) runs in this thread as each reply arrives (cached ones first): for progress bars.
-        Raises UserError when the backend fails for good; replies received until then stay cached.
+        accept(reply) False keeps a reply out of the cache (it is still returned): a rerun asks again instead of
+        replaying a reply the caller cannot use. Raises UserError when the backend fails for good; replies
+        received until then stay cached.
         """
         identity = self._identity()
         keys = [cache_key(identity, conversation) for conversation in conversations]
@@ -189,7 +198,7 @@ class ChatBackend:
         for j, reply in self._complete([conversations[i] for i in missing]):
             i = missing[j]
             replies[i] = reply
-            if reply is not None:
+            if reply is not None and (accept is None or accept(reply)):
                 self.cache.put(keys[i], reply, {"backend": identity["backend"], "model": identity["model"]})
             if on_reply:
                 on_reply(i, reply)
@@ -229,7 +238,9 @@ class OpenAIChat(ChatBackend):
 
     def _identity(self) -> dict[str, Any]:
         sampling = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
-        return {"backend": "openai", "model": self.cfg.model, "sampling": sampling}
+        # two servers may serve different weights under one model name
+        endpoint = self.cfg.base_url.rstrip("/")
+        return {"backend": "openai", "endpoint": endpoint, "model": self.cfg.model, "sampling": sampling}
 
     def _complete(self, conversations: list[Conversation]) -> Iterator[tuple[int, str | None]]:
         import httpx
