@@ -2,6 +2,7 @@
 key hygiene, and the transformers backend on a tiny random-init model."""
 
 import json
+import re
 import socket
 import threading
 import time
@@ -180,7 +181,7 @@ def test_malformed_replies_are_counted_and_dropped_by_generate(
     }
 
     def respond(body: dict, number: int) -> tuple[int, Any]:
-        passage = body["messages"][-1]["content"].split("<<<\n")[1].split("\n>>>")[0]
+        passage = re.search(r"<(passage-[0-9a-f]+)>\n(.*)\n</\1>$", body["messages"][-1]["content"], re.S)[2]
         return 200, completion(replies[passage])
 
     server = serve(respond)
