@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -242,6 +243,29 @@ def test_a_rerun_after_a_failed_run_only_asks_for_the_missing_replies(serve, tmp
     again = backend(server.url, tmp_path, concurrency=1)
     assert again.chat(conversations(5), "test") == replies
     assert len(server.calls) == 7 and again.cache_hits == 5
+
+
+def test_two_runs_on_one_cache_ask_for_each_reply_once(serve, tmp_path: Path) -> None:
+    def slow(body: dict, number: int) -> tuple[int, Any]:
+        time.sleep(0.1)  # long enough that the second run starts while the first is still asking
+        return echo(body, number)
+
+    server = serve(slow)
+    runs = [backend(server.url, tmp_path, concurrency=2) for _ in range(2)]
+    results: list[list[str | None]] = [[], []]
+
+    def run(k: int) -> None:
+        results[k] = runs[k].chat(conversations(4), f"run {k}")
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    asked = Counter(c["body"]["messages"][0]["content"] for c in server.calls)
+    assert asked == {f"prompt {i}": 1 for i in range(4)}
+    assert results[0] == results[1] == [f"echo: prompt {i}" for i in range(4)]
+    assert sorted(r.cache_hits for r in runs) == [0, 4]
 
 
 def test_the_endpoint_is_part_of_the_cache_key(serve, tmp_path: Path) -> None:

@@ -16,12 +16,14 @@ a valid `generate.backend` and `evaluate.judge.backend`, configured by the param
 Every reply is cached under `cache_dir`, keyed by sha256 of json(backend, endpoint (openai: `base_url` without
 a trailing slash), model, messages, sampling params): one small JSON file per reply, written atomically as it
 arrives, so an interrupted run resumes where it stopped and a rerun with identical inputs gets identical replies.
+A run with replies to ask for holds the cache folder's lock (`.lock`), so two runs on one cache do not both ask.
 `None` means the server's reply had no text; it is not cached, and the caller counts it. Neither is a reply the
 caller's `accept` rejects (generate: not {"pairs": [...]} JSON), so a rerun after fixing the server asks again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -150,6 +152,20 @@ class ReplyCache:
     def put(self, key: str, reply: str, about: dict[str, Any]) -> None:
         write_json({**about, "reply": reply}, self.path(key))
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cache folder's lock: a second run on this cache waits here, then finds the first run's replies."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as lock:  # closing the file releases the lock, also when a run dies
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("llm: another run is asking for replies cached under %s; waiting for it", self.root)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
 
 class ChatBackend:
     """Answers conversations through the cache; subclasses implement `_complete` for the cache misses."""
@@ -177,6 +193,22 @@ class ChatBackend:
         """
         identity = self._identity()
         keys = [cache_key(identity, conversation) for conversation in conversations]
+        if all(self.cache.get(key) is not None for key in keys):
+            return self._answer(conversations, keys, identity, label, on_reply, accept)
+        # another run on this cache may be asking for the same replies now: wait for it, then reuse them
+        with self.cache.locked():
+            return self._answer(conversations, keys, identity, label, on_reply, accept)
+
+    def _answer(
+        self,
+        conversations: list[Conversation],
+        keys: list[str],
+        identity: dict[str, Any],
+        label: str,
+        on_reply: OnReply | None,
+        accept: Callable[[str], bool] | None,
+    ) -> list[str | None]:
+        """The cached replies, then the missing ones from the backend, caching those `accept` takes."""
         replies: list[str | None] = [None] * len(conversations)
         missing = []
         for i, key in enumerate(keys):
