@@ -303,8 +303,14 @@ def peak_memory_mb(cuda: bool) -> float:
 
 def save_adapter(model: Any, out_dir: Path, evidence: dict[str, Any]) -> None:
     """Write only the adapter files (no README, checkpoints or tokenizer) and evidence.json, atomically."""
+    from safetensors import SafetensorError
+
     with tempfile.TemporaryDirectory(prefix="loradag-adapter-") as scratch, atomic_dir(out_dir) as tmp:
-        model.save_pretrained(scratch, safe_serialization=True)
+        try:
+            model.save_pretrained(scratch, safe_serialization=True)
+        except SafetensorError as err:  # its writer's error for a full disk or a file-size limit
+            raise UserError(f"{out_dir}: could not write the adapter weights ({err}); the last good adapter is "
+                            "still in place: free space and rerun") from err  # fmt: skip
         for name in ADAPTER_FILES:
             shutil.copy2(Path(scratch) / name, tmp / name)
         sort_target_modules(tmp / "adapter_config.json")
@@ -364,11 +370,12 @@ def main(params_path: Path) -> None:
     model = chat.load_model(BASE_DIR, precision, cfg.quantization)
     tokenizer = chat.load_tokenizer(BASE_DIR)
     peft_model = attach_lora(model, cfg)
-    with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch:
-        callbacks = [live_callback(LIVE_DIR)]
+    # The curves are written to a folder that replaces dvclive/train only when training succeeds, like every output.
+    with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch, atomic_dir(LIVE_DIR) as live_dir:
+        callbacks = [live_callback(live_dir)]
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, Path(scratch), callbacks)
         metrics = run_training(trainer, cfg)
-    save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
+        save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
     write_json(metrics, METRICS)
     log.info(
         "train: %d steps (%s) -> %s: train_loss %.4f, eval_loss %.4f, %.1f s",

@@ -31,8 +31,16 @@ def _run(stage: str, params: Path) -> None:
     try:
         module.main(params)
     except UserError as err:
-        typer.echo(f"loradag {stage}: error: {err}", err=True)
-        raise typer.Exit(1) from None
+        fail(stage, str(err))
+    except OSError as err:  # a full disk, a read-only folder, a file-size limit: the machine, not the code
+        where = f"{err.filename}: " if err.filename else ""
+        fail(stage, f"{where}{err.strerror or err}. Outputs are replaced only when a stage succeeds, so the last "
+                    "good ones are still in place; free space or fix the folder's permissions and rerun")  # fmt: skip
+
+
+def fail(stage: str, message: str) -> None:
+    typer.echo(f"loradag {stage}: error: {message}", err=True)
+    raise typer.Exit(1)
 
 
 def _register(stage: str, help_text: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -30,15 +32,15 @@ class UserError(Exception):
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = _prepare(Path(path))
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions (vLLM may run as another user)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _named(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -46,17 +48,49 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    path = _prepare(Path(path))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with _named(path):
+            yield tmp
+            # Two renames, then the slow delete: a kill at any point leaves a whole old or a whole new folder.
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """A write error without a file name (a full disk fails write(), not open()) names the output."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.loradag-"
+
+
+def _prepare(path: Path) -> Path:
+    """Make the parent folder, and remove temporaries of `path` that a killed run left behind.
+
+    Stages run one at a time (DVC's lock) and each writes only its own outputs, so such a leftover is stale.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(glob.escape(_temp_prefix(path)) + "*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    return path
 
 
 def _umask() -> int:
@@ -66,8 +100,10 @@ def _umask() -> int:
 
 
 def write_parquet(df: pl.DataFrame, path: Path | str) -> None:
+    buffer = io.BytesIO()  # serialised first, so a full disk is an OSError naming the file, not a polars error
+    df.write_parquet(buffer, statistics=False)
     with atomic_path(path) as tmp:
-        df.write_parquet(tmp, statistics=False)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def write_json(obj: Any, path: Path | str) -> None:
