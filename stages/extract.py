@@ -30,7 +30,7 @@ METRICS = Path("metrics/extract.json")
 
 ARTICLE_SUFFIXES = (".md", ".markdown", ".txt", ".html")
 PAIR_SUFFIXES = (".jsonl",)
-SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "vendored", "generated", "outside_root")
+SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "vendored", "generated", "outside_root", "unreadable")
 
 PROVENANCE = {"id": pl.String, "kind": pl.String, "source": pl.String, "source_sha256": pl.String}
 SCHEMAS = {
@@ -239,8 +239,9 @@ def pair_records(source: str, raw: bytes, cfg: ExtractConfig, skipped: Counter[s
             continue
         try:
             pairs = normalize_pair(json.loads(line))
-        except ValueError as err:  # json.JSONDecodeError is a ValueError too
-            bad = BadInput(f"{source}:{number}", "bad_line", f"malformed pair: {err}")
+        except (ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError too
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            bad = BadInput(f"{source}:{number}", "bad_line", f"malformed pair: {reason}")
             if cfg.on_bad_file == "error":
                 raise bad from err
             log.warning("extract: skipped %s", bad)
@@ -312,7 +313,10 @@ def read_inside(path: Path, source: str, real_root: Path) -> bytes:
     target = outside_root(path, real_root)
     if target is not None:
         raise BadInput(source, "outside_root", f"is a symlink to {target}, outside extract.root; not read")
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise BadInput(source, "unreadable", f"cannot be read ({err.strerror or err})") from err
 
 
 def file_records(path: Path, source: str, real_root: Path, cfg: ExtractConfig, skipped: Counter[str]) -> list[Any]:

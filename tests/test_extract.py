@@ -250,3 +250,31 @@ def test_a_bom_jsonl_file_parses(tmp_path: Path) -> None:
     write(tmp_path, "p.jsonl", BOM + '{"question": "Q?", "answer": "A"}\n')
     table, _ = extract(tmp_path, config(kind="pairs", root=str(tmp_path)))
     assert table.select("instruction", "output").rows() == [("Q?", "A")]
+
+
+# ---------------------------------------------------------------- hostile files: named, or skipped and counted
+
+
+def test_a_jsonl_line_nested_200000_deep_is_a_bad_line_not_a_traceback(tmp_path: Path) -> None:
+    write(tmp_path, "p.jsonl", '{"question": "Q?", "answer": "A"}\n' + "[" * 200_000 + "]" * 200_000 + "\n")
+    with pytest.raises(UserError, match=r"p\.jsonl:2: malformed pair: nested too deeply"):
+        extract(tmp_path, config(kind="pairs", root=str(tmp_path)))
+    table, counts = extract(tmp_path, config(kind="pairs", root=str(tmp_path), on_bad_file="skip"))
+    assert table.height == 1 and counts["skipped_bad_line"] == 1
+
+
+def test_an_unreadable_file_is_named_or_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "good.md", words(5))
+    write(tmp_path, "locked.md", words(5))
+    read_bytes = Path.read_bytes
+
+    def denied(self: Path) -> bytes:  # as root no chmod can refuse a read, so the refusal is simulated
+        if self.name == "locked.md":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(UserError, match=r"locked\.md: cannot be read \(Permission denied\)"):
+        extract(tmp_path, config(root=str(tmp_path)))
+    table, counts = extract(tmp_path, config(root=str(tmp_path), on_bad_file="skip"))
+    assert table["source"].to_list() == ["good.md"] and counts["skipped_unreadable"] == 1

@@ -268,3 +268,8 @@ def test_is_vendored_matches_whole_path_components(path: str, expected: bool) ->
 
 def test_languages_map_extensions() -> None:
     assert LANGUAGES == {".go": "go", ".py": "python"}
+
+
+def test_python_nested_deeper_than_the_parser_holds_is_a_parse_error() -> None:
+    with pytest.raises(CodeParseError, match="deep.py:1: nested too deeply to parse"):
+        mine_python_functions("x = " + "-" * 100_000 + "1\n", "deep.py", min_lines=1)

@@ -197,3 +197,5 @@ def _parse_python(source: str, path: str) -> ast.Module:
             return ast.parse(source, filename=path)
     except SyntaxError as err:
         raise CodeParseError(path, err.lineno or 1, err.msg) from err
+    except (RecursionError, MemoryError) as err:  # nesting deeper than the parser can hold
+        raise CodeParseError(path, 1, "nested too deeply to parse") from err
