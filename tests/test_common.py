@@ -1,12 +1,16 @@
 """Typed params configs, atomic writes and ids: the conventions every stage relies on."""
 
+import errno
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import polars as pl
 import pytest
 
-from stages.lib.common import UserError, atomic_path, stable_id, write_json
+from stages.lib.common import UserError, atomic_dir, atomic_path, stable_id, write_json
 from stages.lib.params import ConfigError, from_dict, load_params, require
 
 
@@ -119,3 +123,45 @@ def test_an_unknown_params_section_is_named_not_ignored(tmp_path: Path) -> None:
     path.write_text("splt:\n  seed: 7\n", encoding="utf-8")  # a typo would leave split on its defaults
     with pytest.raises(ConfigError, match=r"unknown section 'splt' \(known: model, extract, generate"):
         load_params(path)
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed mid-save")
+    assert (target / "weights").read_text() == "old"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"] and (target / "weights").read_text() == "new"
+
+
+def test_temporaries_a_killed_run_left_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    (tmp_path / ".adapter.loradag-x1.tmp").mkdir()  # what SIGKILL leaves: the finally blocks never ran
+    (tmp_path / ".out.json.loradag-y2.tmp").write_text("half")
+    (tmp_path / ".out.json.other.tmp").write_text("not ours")
+    with atomic_dir(tmp_path / "adapter") as tmp:
+        (tmp / "weights").write_text("new")
+    write_json({"a": 1}, tmp_path / "out.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.json.other.tmp", "adapter", "out.json"]
+
+
+def test_a_full_disk_is_an_oserror_naming_the_file_and_the_old_file_stays(tmp_path: Path) -> None:
+    """A real write failure: a file-size limit (EFBIG) in a child process, as a full disk (ENOSPC) would fail."""
+    target = tmp_path / "records.parquet"
+    code = f"""
+import resource, polars as pl
+from stages.lib.common import write_parquet
+write_parquet(pl.DataFrame({{"a": [1]}}), {str(target)!r})
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    write_parquet(pl.DataFrame({{"text": [str(i) * 50 for i in range(20_000)]}}), {str(target)!r})
+except OSError as err:
+    print(err.errno, err.filename)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(errno.EFBIG), str(target)]
+    assert pl.read_parquet(target)["a"].to_list() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["records.parquet"]

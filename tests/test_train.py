@@ -241,3 +241,23 @@ def test_main_writes_adapter_metrics_and_dvclive_curves(
     assert float(eval_loss[-1].split("\t")[1]) == pytest.approx(metrics["eval_loss"])
     assert json.loads((live / "metrics.json").read_text())["eval"]["loss"] == pytest.approx(metrics["eval_loss"])
     assert not Path("dvc.yaml").exists()  # dvclive must not write pipeline files
+
+
+def test_an_adapter_that_cannot_be_written_is_an_error_and_the_last_one_stays(
+    trained: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors import SafetensorError
+
+    peft_model, adapter_dir = trained
+    out = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:  # what safetensors raises when the write fails
+        raise SafetensorError("Error while serializing: IoError(Os { code: 27, message: File too large })")
+
+    monkeypatch.setattr(type(peft_model), "save_pretrained", full_disk)
+    with pytest.raises(UserError, match=r"adapter: could not write the adapter weights .*File too large"):
+        train.save_adapter(peft_model, out, {"note": "test"})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
