@@ -20,6 +20,7 @@ from test_backends import completion, conversations, free_port
 from stages.generate import main as generate_main
 from stages.lib.backends import OpenAIChat, OpenAIConfig, backoff_s, retry_after_s, should_retry
 from stages.lib.common import UserError
+from stages.lib.params import ConfigError, from_dict
 
 PAIRS = json.dumps({"pairs": [{"question": "What follows hello?", "answer": "world"}]})
 
@@ -228,6 +229,12 @@ def test_a_slow_but_steady_reply_within_the_deadline_is_kept(serve, tmp_path: Pa
     server = serve(lambda n: Reply(body=completion("ok"), drip_s=0.002))
     assert backend(server.url, tmp_path, timeout_s=5).chat(conversations(1), "test") == ["ok"]
     assert len(server.times) == 1
+
+
+@pytest.mark.parametrize("value", ["inf", float("inf"), "nan", 0, -1])
+def test_timeout_s_must_be_a_finite_positive_deadline(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"generate\.openai\.timeout_s must be a number > 0"):
+        from_dict(OpenAIConfig, {"timeout_s": value}, "generate.openai")
 
 
 def test_a_connection_closed_mid_reply_is_retried(serve, tmp_path: Path) -> None:

@@ -94,7 +94,9 @@ class OpenAIConfig:
         require(0 <= self.temperature <= 2, f"{where}.temperature", f"must be in [0, 2], got {self.temperature}")
         require(self.max_tokens >= 1, f"{where}.max_tokens", f"must be >= 1, got {self.max_tokens}")
         require(1 <= self.concurrency <= 64, f"{where}.concurrency", f"must be in [1, 64], got {self.concurrency}")
-        require(self.timeout_s > 0, f"{where}.timeout_s", f"must be > 0, got {self.timeout_s}")
+        require(  # a deadline, so finite
+            0 < self.timeout_s < math.inf, f"{where}.timeout_s", f"must be a number > 0, got {self.timeout_s}"
+        )
         require(self.retries >= 0, f"{where}.retries", f"must be >= 0, got {self.retries}")
 
 
