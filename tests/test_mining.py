@@ -268,3 +268,9 @@ def test_is_vendored_matches_whole_path_components(path: str, expected: bool) ->
 
 def test_languages_map_extensions() -> None:
     assert LANGUAGES == {".go": "go", ".py": "python"}
+
+
+def test_go_file_flagged_without_an_error_node_is_a_parse_error_not_a_crash() -> None:
+    # tree-sitter-go marks the file as erroneous but puts no ERROR or MISSING node in the tree for this
+    with pytest.raises(CodeParseError, match=r"^x\.go:1: Go syntax error$"):
+        mine_go_functions("00000000000", "x.go", 1)
