@@ -5,6 +5,7 @@ the pre-fix behaviour broke by far; every server thread stops itself (bounded lo
 
 import email.utils
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 from test_backends import completion, conversations, free_port
 
 from stages.generate import main as generate_main
-from stages.lib.backends import OpenAIChat, OpenAIConfig, backoff_s, retry_after_s, should_retry
+from stages.lib.backends import Deadline, OpenAIChat, OpenAIConfig, backoff_s, retry_after_s, should_retry
 from stages.lib.common import UserError
 from stages.lib.params import ConfigError, from_dict
 
@@ -235,6 +236,25 @@ def test_a_slow_but_steady_reply_within_the_deadline_is_kept(serve, tmp_path: Pa
 def test_timeout_s_must_be_a_finite_positive_deadline(value: Any) -> None:
     with pytest.raises(ConfigError, match=r"generate\.openai\.timeout_s must be a number > 0"):
         from_dict(OpenAIConfig, {"timeout_s": value}, "generate.openai")
+
+
+class Stream:
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> socket.socket | None:
+        return self.sock if name == "socket" else None
+
+
+def test_the_deadline_shuts_sockets_opened_through_a_proxy_and_skips_streams_without_one() -> None:
+    left, right = socket.socketpair()
+    with left, right, Deadline(0.2) as deadline:
+        deadline.trace("proxy.connect_tcp.complete", {"return_value": Stream(left)})
+        deadline.trace("proxy.start_tls.complete", {"return_value": Stream(None)})  # TLS in TLS: no socket
+        left.settimeout(5)
+        started = time.monotonic()
+        assert left.recv(1) == b""  # woken by the shutdown at the deadline, not by the 5 s timeout
+        assert 0.2 <= time.monotonic() - started < 4 and deadline.expired
 
 
 def test_a_connection_closed_mid_reply_is_retried(serve, tmp_path: Path) -> None:

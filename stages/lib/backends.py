@@ -327,8 +327,11 @@ class Deadline:
         self._timer.cancel()
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+        # "connection." or, through a proxy, "proxy." events; a TLS-in-TLS stream has no socket of its own
+        if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
             sock = info["return_value"].get_extra_info("socket")
+            if not isinstance(sock, socket.socket):
+                return
             with self._lock:
                 self._sockets.append(sock)
                 if self.expired:
