@@ -273,3 +273,9 @@ def test_languages_map_extensions() -> None:
 def test_python_nested_deeper_than_the_parser_holds_is_a_parse_error() -> None:
     with pytest.raises(CodeParseError, match="deep.py:1: nested too deeply to parse"):
         mine_python_functions("x = " + "-" * 100_000 + "1\n", "deep.py", min_lines=1)
+
+
+def test_go_file_flagged_without_an_error_node_is_a_parse_error_not_a_crash() -> None:
+    # tree-sitter-go marks the file as erroneous but puts no ERROR or MISSING node in the tree for this
+    with pytest.raises(CodeParseError, match=r"^x\.go:1: Go syntax error$"):
+        mine_go_functions("00000000000", "x.go", 1)

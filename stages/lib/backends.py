@@ -8,9 +8,12 @@ A backend is one entry of `BACKENDS` (name -> config dataclass, implementation):
 a valid `generate.backend` and `evaluate.judge.backend`, configured by the params subsection of its name.
 
 - `openai`: any OpenAI-compatible `/v1/chat/completions` server (vLLM, Ollama, llama.cpp, a hosted API), via
-  httpx with `concurrency` parallel requests; connect errors, timeouts, 429 and 5xx are retried with
-  exponential backoff, other 4xx fail at once. The API key comes from the environment variable NAMED by
-  `api_key_env` and never reaches params, logs, the cache or any output.
+  httpx with `concurrency` parallel requests. Retries follow the OpenAI Python SDK: connection errors, dropped
+  replies, attempts past `timeout_s` (a deadline for the whole attempt, however slowly the server sends), 408,
+  409, 429 and 5xx are retried, other 4xx fail at once, and a server's `x-should-retry: true|false` wins. The wait
+  is the server's `retry-after-ms` / `Retry-After` (seconds or an HTTP date) when that is in (0, 60] s, else
+  exponential backoff with jitter; a server asking for more than 60 s fails the run at once. The API key comes
+  from the environment variable NAMED by `api_key_env` and never reaches params, logs, the cache or any output.
 - `transformers`: a local HF model folder, answered through the chat core (stages/lib/chat.py).
 
 Every reply is cached under `cache_dir`, keyed by sha256 of json(backend, endpoint (openai: `base_url` without
@@ -25,11 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.utils
 import json
+import math
 import os
+import random
 import re
+import socket
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +57,7 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SECRET_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xoxb-", "xoxp-")
 SECRET_PREFIXES += ("AKIA", "ASIA", "AIza", "glpat-", "gsk_", "r8_")
 FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.S)
+MAX_RETRY_AFTER_S = 60.0  # the OpenAI SDK's limit: a server asking for a longer wait fails the run instead of hanging
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,9 @@ class OpenAIConfig:
         require(0 <= self.temperature <= 2, f"{where}.temperature", f"must be in [0, 2], got {self.temperature}")
         require(self.max_tokens >= 1, f"{where}.max_tokens", f"must be >= 1, got {self.max_tokens}")
         require(1 <= self.concurrency <= 64, f"{where}.concurrency", f"must be in [1, 64], got {self.concurrency}")
-        require(self.timeout_s > 0, f"{where}.timeout_s", f"must be > 0, got {self.timeout_s}")
+        require(  # a deadline, so finite
+            0 < self.timeout_s < math.inf, f"{where}.timeout_s", f"must be a number > 0, got {self.timeout_s}"
+        )
         require(self.retries >= 0, f"{where}.retries", f"must be >= 0, got {self.retries}")
 
 
@@ -253,16 +264,94 @@ def cache_key(identity: dict[str, Any], conversation: Conversation) -> str:
 # ---------------------------------------------------------------- openai
 
 
-class RetryableStatus(Exception):
-    """A 429 or 5xx reply: worth another try after a pause."""
+class RetryableReply(Exception):
+    """An error reply worth another try (408, 409, 429, 5xx or x-should-retry: true); `wait_s`: the wait asked."""
+
+    def __init__(self, status: int, message: str, wait_s: float | None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.wait_s = status, wait_s
+
+
+class DeadlineExceeded(Exception):
+    """An attempt with no complete reply `timeout_s` after it was sent."""
 
 
 class Skipped(Exception):
     """A request not sent because another one had already failed for good."""
 
 
+def should_retry(status: int, headers: Mapping[str, str]) -> bool:
+    """The OpenAI SDK's rule for an error reply: the server's x-should-retry wins, else 408, 409, 429 and 5xx."""
+    override = headers.get("x-should-retry")
+    if override in ("true", "false"):
+        return override == "true"
+    return status in (408, 409, 429) or status >= 500
+
+
+def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
+    """The wait a server asks for: retry-after-ms, or Retry-After in seconds or as an HTTP date; None if unreadable."""
+    seconds = None
+    with contextlib.suppress(TypeError, ValueError):
+        seconds = float(headers["retry-after-ms"]) / 1000 if "retry-after-ms" in headers else None
+    if seconds is None and "retry-after" in headers:
+        with contextlib.suppress(TypeError, ValueError):
+            seconds = float(headers["retry-after"])
+        if seconds is None and (date := email.utils.parsedate_tz(headers["retry-after"])) is not None:
+            seconds = email.utils.mktime_tz(date) - now
+    return seconds if seconds is not None and math.isfinite(seconds) else None
+
+
+def backoff_s(attempt: int, base_s: float, jitter: float) -> float:
+    """The OpenAI SDK's backoff after failed attempt `attempt` (0-based): base * 2**attempt up to 16 * base, less
+    up to a quarter for `jitter` in [0, 1)."""
+    return min(base_s * 2**attempt, 16 * base_s) * (1 - 0.25 * jitter)
+
+
+class Deadline:
+    """Shuts a request's socket `seconds` after it starts: httpx's timeouts bound each read, not the request, so
+    a server trickling a byte at a time could hold it forever. Pass `trace` as the request's trace extension
+    (httpcore reports each new connection's socket to it); it needs a client that does not reuse connections."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        # "connection." or, through a proxy, "proxy." events; a TLS-in-TLS stream has no socket of its own
+        if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            sock = info["return_value"].get_extra_info("socket")
+            if not isinstance(sock, socket.socket):
+                return
+            with self._lock:
+                self._sockets.append(sock)
+                if self.expired:
+                    _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake a blocked read with end-of-file; a socket already closed (or handed to TLS) is left alone."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class OpenAIChat(ChatBackend):
-    def __init__(self, cfg: OpenAIConfig, cache_dir: Path, where: str, backoff_s: float = 1.0) -> None:
+    def __init__(self, cfg: OpenAIConfig, cache_dir: Path, where: str, backoff_s: float = 0.5) -> None:
         super().__init__(cache_dir)
         self.cfg, self.where, self.backoff_s = cfg, where, backoff_s
         self.name = f"openai:{cfg.model}"
@@ -280,7 +369,10 @@ class OpenAIChat(ChatBackend):
         key = self._api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         with (
-            httpx.Client(headers=headers, timeout=self.cfg.timeout_s) as client,
+            # no reused connections: `Deadline` finds a request's socket as its connection opens
+            httpx.Client(
+                headers=headers, timeout=self.cfg.timeout_s, limits=httpx.Limits(max_keepalive_connections=0)
+            ) as client,
             ThreadPoolExecutor(self.cfg.concurrency) as pool,
         ):
             stop = threading.Event()  # set by the first failure: requests not yet sent are skipped
@@ -304,23 +396,27 @@ class OpenAIChat(ChatBackend):
         return message.replace(key, f"${self.cfg.api_key_env}") if key else message
 
     def _post(self, client: Any, conversation: Conversation, stop: threading.Event) -> str | None:
-        import httpx
-        import tenacity
-
         if stop.is_set():
             raise Skipped
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.cfg.retries + 1),
-            wait=tenacity.wait_exponential(multiplier=self.backoff_s, max=32 * self.backoff_s),
-            retry=tenacity.retry_if_exception_type((httpx.TransportError, RetryableStatus)),
-            reraise=True,
-        )
         try:
-            return retrying(self._post_once, client, conversation)
+            return self._post_with_retries(client, conversation)
         except BaseException:
             stop.set()
             raise
+
+    def _post_with_retries(self, client: Any, conversation: Conversation) -> str | None:
+        import httpx
+
+        attempt = 0
+        while True:
+            try:
+                return self._post_once(client, conversation)
+            except (httpx.TransportError, DeadlineExceeded, RetryableReply) as err:
+                if attempt == self.cfg.retries:
+                    raise self._gave_up(err) from err
+                asked = err.wait_s if isinstance(err, RetryableReply) else None
+                time.sleep(asked if asked is not None else backoff_s(attempt, self.backoff_s, random.random()))
+                attempt += 1
 
     def _post_once(self, client: Any, conversation: Conversation) -> str | None:
         body = {
@@ -329,13 +425,14 @@ class OpenAIChat(ChatBackend):
             "temperature": self.cfg.temperature,
             "max_tokens": self.cfg.max_tokens,
         }
-        response = client.post(self.url, json=body)
-        if response.status_code == 429 or response.status_code >= 500:
-            raise RetryableStatus(f"HTTP {response.status_code}: {error_message(response)}")
-        if response.status_code >= 400:
+        response = self._send(client, body)
+        status = response.status_code
+        if status >= 400 and should_retry(status, response.headers):
+            raise RetryableReply(status, error_message(response), self._asked_wait(response))
+        if status >= 400:
             raise UserError(
                 self._redact(
-                    f"{self.where}: {self.url} answered HTTP {response.status_code}: {error_message(response)}. "
+                    f"{self.where}: {self.url} answered HTTP {status}: {error_message(response)}. "
                     f"Check `{self.where}.model`, `{self.where}.base_url` and that {self._key_source()} holds a key "
                     "this server accepts."
                 )
@@ -348,6 +445,43 @@ class OpenAIChat(ChatBackend):
             log.warning("%s: %s sent a reply that is not a chat completion; dropped", self.where, self.url)
             return None
         return content
+
+    def _send(self, client: Any, body: dict[str, Any]) -> Any:
+        """POST `body` and read the whole reply within `timeout_s` of sending it, however slowly the server sends."""
+        import httpx
+
+        try:
+            with Deadline(self.cfg.timeout_s) as deadline:
+                return client.post(self.url, json=body, extensions={"trace": deadline.trace})
+        except httpx.TransportError as err:
+            if deadline.expired:
+                raise DeadlineExceeded(f"no complete reply within timeout_s={self.cfg.timeout_s:g} s") from err
+            raise
+
+    def _asked_wait(self, response: Any) -> float | None:
+        """The server's Retry-After when in (0, 60] s; None (back off) when absent or <= 0; longer fails at once."""
+        asked = retry_after_s(response.headers, time.time())
+        if asked is not None and asked > MAX_RETRY_AFTER_S:
+            raise UserError(
+                self._redact(
+                    f"{self.where}: {self.url} answered HTTP {response.status_code} ({error_message(response)}) and "
+                    f"asked to wait {asked:.0f} s before trying again, longer than the {MAX_RETRY_AFTER_S:.0f} s "
+                    f"loradag waits. Rerun later or lower `{self.where}.concurrency`; replies received so far are "
+                    f"cached under {self.cache.root}."
+                )
+            )
+        return asked if asked is not None and asked > 0 else None
+
+    def _gave_up(self, err: BaseException) -> UserError:
+        if not (isinstance(err, RetryableReply) and err.status == 429):
+            return self._unreachable(err)
+        return UserError(
+            self._redact(
+                f"{self.where}: {self.url} still rate limited after {self.cfg.retries + 1} attempts ({err}). Lower "
+                f"`{self.where}.concurrency`, raise `{self.where}.retries` or rerun later; replies received so far "
+                f"are cached under {self.cache.root}; rerun to resume."
+            )
+        )
 
     def _unreachable(self, err: BaseException) -> UserError:
         return UserError(
