@@ -81,3 +81,11 @@ def test_real_dvc_reruns_what_a_change_touches_and_nothing_else(tmp_path: Path) 
     assert changed_stages(project, "extract", "generate") == {"generate"}
     project.set_params({"generate.pairs_per_chunk": 5, "generate.backend": "openai"})
     assert changed_stages(project, "extract", "generate") == {"generate"}  # now the openai section counts
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_output_persists_so_a_failed_run_keeps_the_last_good_one(stage: str) -> None:
+    """Without persist DVC deletes outputs before the stage runs; tests/test_recovery.py shows why that matters."""
+    for key in ("outs", "metrics"):
+        for entry in DVC[stage].get(key, []):
+            assert isinstance(entry, dict) and next(iter(entry.values())).get("persist") is True, (stage, entry)
