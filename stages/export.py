@@ -8,7 +8,7 @@
   template). `AutoModelForCausalLM.from_pretrained(folder)` loads the base from the folder itself and the adapter
   on it, from any working directory (transformers' embedded-adapter rule); `base_model_name_or_path` is "."
   (peft would resolve a relative path against the working directory, and an absolute one would tie this hashed
-  output to one machine), so with peft load it as `PeftModel.from_pretrained(base, folder)`.
+  output to one machine), so peft's `AutoPeftModelForCausalLM` loads it from inside the folder only.
 
 Both folders carry a model card (README.md): evaluate's verdict, its metric table as metrics/evaluate.json holds
 it (intervals included where evaluate writes them), the data and base hashes and the training params. A
@@ -168,9 +168,9 @@ def save_bundle(base_dir: Path, adapter_dir: Path, tokenizer: Any, folder: Path)
     """The adapter files beside a copy of its base's weights and tokenizer; its base is the folder itself."""
     folder.mkdir()
     for name in BASE_WEIGHTS:
-        shutil.copy2(base_dir / name, folder / name)
+        shutil.copyfile(base_dir / name, folder / name)  # new files, new permissions: readable by a server's user
     tokenizer.save_pretrained(folder)
-    shutil.copy2(adapter_dir / "adapter_model.safetensors", folder / "adapter_model.safetensors")
+    shutil.copyfile(adapter_dir / "adapter_model.safetensors", folder / "adapter_model.safetensors")
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = "."
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -202,6 +202,9 @@ def main(params_path: Path) -> None:
         save_bundle(BASE_DIR, ADAPTER_DIR, tokenizer, out / "adapter")
         for kind in ("merged", "adapter"):
             (out / kind / "README.md").write_text(model_card(kind, keep, evaluation, provenance), encoding="utf-8")
+        for file in out.rglob("*"):
+            if file.is_file():  # writers that make 0600 files (safetensors): vLLM or Ollama may run as another user
+                file.chmod(0o644)
         metrics = {"keep": keep, "dtype": base_dtype(BASE_DIR), "merged_mb": folder_mb(out / "merged"),
                    "adapter_mb": folder_mb(out / "adapter")}  # fmt: skip
     write_json(metrics, METRICS)
