@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from project import QUICK_PARAMS, copy_project
 
 from stages import export
 from stages.lib import chat
@@ -115,3 +116,25 @@ def test_no_verdict_says_to_run_evaluate(tmp_path: Path, monkeypatch: pytest.Mon
     Path("params.yaml").write_text("export: {}\n")
     with pytest.raises(UserError, match="run `loradag evaluate`"):
         export.main(Path("params.yaml"))
+
+
+@pytest.mark.slow
+def test_dvc_repro_export_on_smollm2_ships_folders_that_answer_as_evaluate_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = copy_project(tmp_path / "loradag", QUICK_PARAMS)
+    assert "Running stage 'export'" in project.dvc("repro", "export")
+    preds = [json.loads(line) for line in project.read("data/evaluate/preds_adapter.jsonl").splitlines()]
+    elsewhere = tmp_path / "elsewhere"  # the export folders, moved away from the project and its models/base
+    shutil.copytree(project.root / export.OUT_DIR, elsewhere)
+    shutil.rmtree(project.root / "models")
+    monkeypatch.chdir(tmp_path)
+    conversations = [chat.prompt_messages(p["question"], chat.DEFAULT_SYSTEM_PROMPT) for p in preds]
+    sampling = chat.Sampling(QUICK_PARAMS["evaluate.max_new_tokens"])
+    for kind in ("merged", "adapter"):
+        model, tokenizer = chat.load_for_generation(elsewhere / kind)  # the bundle: base + adapter from the folder
+        answers = chat.generate(model, tokenizer, conversations, sampling, QUICK_PARAMS["evaluate.batch_size"])
+        assert [a.text for a in answers] == [p["answer"] for p in preds], kind
+    card = (elsewhere / "merged" / "README.md").read_text()
+    keep = json.loads(project.read("metrics/evaluate.json"))["decision.keep"]
+    assert ("**Verdict: KEEP**" if keep else "**Verdict: DISCARD") in card and "embedded:smollm2-135m-instruct" in card
