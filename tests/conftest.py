@@ -62,3 +62,18 @@ def make_pairs():  # noqa: ANN201
         return pl.DataFrame(rows, schema=pair_schema())
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model_dir: Path, make_pairs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: ANN001
+    """Two LoRA adapters trained a few steps on the tiny model, at a learning rate high enough that their answers
+    differ from the base's and from each other's: {"a": folder, "b": folder}."""
+    import dataclasses
+
+    from test_train import QUICK, train_tiny
+
+    out = tmp_path_factory.mktemp("adapters")
+    loud = dataclasses.replace(QUICK, max_steps=4, learning_rate=0.05)
+    train_tiny(tiny_model_dir, make_pairs, out / "a", loud)
+    train_tiny(tiny_model_dir, make_pairs, out / "b", dataclasses.replace(loud, seed=7, max_steps=6))
+    return {"a": out / "a" / "adapter", "b": out / "b" / "adapter"}

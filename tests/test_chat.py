@@ -91,6 +91,22 @@ def test_generation_stops_at_the_first_stop_token_and_counts_tokens_up_to_it(tin
     assert tokenizer.eos_token_id in chat.stop_token_ids(model, tokenizer)
 
 
+def test_a_streamed_answer_joins_to_the_generated_answer(tiny_model_dir: Path) -> None:
+    model, tokenizer = chat.load_for_generation(tiny_model_dir)
+    for question in ("Which stage trains?", "What is a pair?"):
+        messages = chat.prompt_messages(question, SYSTEM)
+        pieces = list(chat.stream(model, tokenizer, messages, chat.Sampling(max_new_tokens=10)))
+        assert len(pieces) > 1 and "<|im_end|>" not in "".join(pieces)
+        assert "".join(pieces).strip() == next(chat.generate(model, tokenizer, [messages], chat.Sampling(10), 1)).text
+
+
+def test_a_conversation_without_a_system_message_gets_the_training_one() -> None:
+    user = [{"role": "user", "content": "Hi"}]
+    assert chat.with_system_prompt(user, SYSTEM) == chat.prompt_messages("Hi", SYSTEM)
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    assert chat.with_system_prompt(own, SYSTEM) == own
+
+
 def test_evaluate_and_train_read_the_same_system_prompt() -> None:
     params = {"train": {"system_prompt": "Be brief."}}
     assert chat.system_prompt(params) == "Be brief." == train.TrainConfig(system_prompt="Be brief.").system_prompt

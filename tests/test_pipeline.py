@@ -48,12 +48,12 @@ def test_full_dag_on_smollm2_then_only_what_changed_reruns(tmp_path: Path) -> No
     project.commit("edit one article")
 
     project.set_params({"evaluate.max_new_tokens": 16})
-    assert ran(project.dvc("repro")) == ["evaluate"]  # an evaluate param reruns evaluate only
+    assert ran(project.dvc("repro")) == ["evaluate", "export"]  # an evaluate param reruns evaluate and its export
     project.commit("shorter answers")
 
     project.run("git", "checkout", "-q", "-b", "rank-8")
     project.set_params({"train.lora.r": 8})
-    assert ran(project.dvc("repro")) == ["train", "evaluate"]
+    assert ran(project.dvc("repro")) == ["train", "evaluate", "export"]
     project.commit("rank 8")
     diff = project.dvc("metrics", "diff", "main", "--all")
     for key in ("base.token_f1", "adapter.token_f1", "delta.token_f1", "trainable_params"):

@@ -50,6 +50,13 @@ def training_example(question: str, answer: str, system_prompt: str) -> dict[str
     }
 
 
+def with_system_prompt(messages: Conversation, system_prompt: str) -> Conversation:
+    """A client's conversation as training asked: the training system prompt first, unless it brings its own."""
+    if messages and messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 def system_prompt(params: dict[str, Any]) -> str:
     """`train.system_prompt`, which evaluate and serving must use exactly as train did."""
     value = (params.get("train") or {}).get("system_prompt", DEFAULT_SYSTEM_PROMPT)
@@ -107,20 +114,28 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(stop - {None})
 
 
+def generation_config(model: Any, tokenizer: Any, sampling: Sampling) -> Any:
+    """Greedy or sampled decoding up to `max_new_tokens`, ending at the first stop token."""
+    from transformers import GenerationConfig
+
+    options: dict[str, Any] = {"do_sample": False}
+    if sampling.temperature > 0:
+        options = {"do_sample": True, "temperature": sampling.temperature}
+    return GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        **options,
+    )
+
+
 def generate(
     model: Any, tokenizer: Any, conversations: list[Conversation], sampling: Sampling, batch_size: int
 ) -> Iterator[Answer]:
     """Answers to the conversations, in order, `batch_size` at a time (yielded as each batch finishes)."""
     import torch
-    from transformers import GenerationConfig
 
-    stop = stop_token_ids(model, tokenizer)
-    options: dict[str, Any] = {"do_sample": False}
-    if sampling.temperature > 0:
-        options = {"do_sample": True, "temperature": sampling.temperature}
-    config = GenerationConfig(
-        max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop, **options
-    )
+    stop, config = stop_token_ids(model, tokenizer), generation_config(model, tokenizer, sampling)
     for start in range(0, len(conversations), batch_size):
         batch = conversations[start : start + batch_size]
         inputs = encode_batch(tokenizer, batch).to(model.device)
@@ -134,6 +149,40 @@ def generate(
             length = next((i for i, token in enumerate(new) if token in stop), len(new))
             text = tokenizer.decode(new[:length], skip_special_tokens=True).strip()
             yield Answer(text=text, tokens=length, latency_s=round(latency, 4))
+
+
+def stream(model: Any, tokenizer: Any, messages: Conversation, sampling: Sampling) -> Iterator[str]:
+    """One answer as text pieces while it is generated (same prompt and decoding as `generate`).
+
+    Joined and stripped, the pieces are `generate`'s text for the conversation (the stop token is special, so
+    it is never in a piece). transformers' streamer is fed from a generation thread; its error is raised here.
+    """
+    import threading
+
+    import torch
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    inputs = encode_batch(tokenizer, [messages]).to(model.device)
+    config = generation_config(model, tokenizer, sampling)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        if sampling.temperature > 0:
+            torch.manual_seed(sampling.seed)
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, generation_config=config, streamer=streamer)
+        except BaseException as err:  # handed to the caller below; the streamer must still end
+            errors.append(err)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield from (piece for piece in streamer if piece)
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 # ---------------------------------------------------------------- models
@@ -214,3 +263,18 @@ def load_for_generation(base: Path, adapter: Path | None = None) -> tuple[Any, A
             raise UserError(f"{adapter}: no adapter there (no adapter_config.json); run `loradag train` first")
         model = PeftModel.from_pretrained(model, adapter)
     return model.eval(), load_tokenizer(base, padding_side="left")
+
+
+def load_adapters(model: Any, adapters: dict[str, Path]) -> Any:
+    """Several named LoRA adapters on one loaded base (a PEFT model; `set_adapter(name)` picks one, and
+    `disable_adapter()` gives the base), as vLLM's `--lora-modules name=path`."""
+    from peft import PeftModel
+
+    for name, path in adapters.items():
+        if not (path / "adapter_config.json").is_file():
+            raise UserError(f"{path}: no adapter there (no adapter_config.json); run `loradag train` first")
+        if isinstance(model, PeftModel):
+            model.load_adapter(path, adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, path, adapter_name=name)
+    return model.eval()

@@ -53,3 +53,61 @@ def _register(stage: str, help_text: str) -> None:
 
 for _stage, _help in STAGES.items():
     _register(_stage, _help)
+
+
+# ---------------------------------------------------------------- try and serve the adapter (not stages)
+
+ADAPTER_DIR, BASE_DIR = Path("models/adapter"), Path("models/base")
+AdapterOption = typer.Option(ADAPTER_DIR, help="adapter folder")
+BaseOption = typer.Option(BASE_DIR, help="base model folder")
+AdapterSpecsOption = typer.Option(
+    [], "--adapter", help="name=path, repeatable (vLLM's --lora-modules); default: adapter=models/adapter if it exists"
+)
+
+
+def _tool(name: str):  # noqa: ANN202 (a module)
+    # chat and serve are not stages: imported by name, so no stage run imports them, tests/test_dag.py (which
+    # reads this file's import statements) does not make them deps of every stage, and --help stays instant.
+    setup_logging()
+    return importlib.import_module(f"stages.lib.{name}")
+
+
+@app.command()
+def chat(
+    side: str = typer.Option("both", help="both | base | adapter"),
+    ask: str = typer.Option(None, "--ask", help="ask one question and exit"),
+    adapter: Path = AdapterOption,
+    base: Path = BaseOption,
+    max_new_tokens: int = typer.Option(256, min=1),
+    temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 = greedy, as evaluate answers"),
+    params: Path = ParamsOption,
+) -> None:
+    """Chat in the terminal: the base's and the adapter's answers streamed side by side."""
+    if side not in ("both", "base", "adapter"):
+        fail("chat", f"--side must be both, base or adapter, got {side!r}")
+    try:
+        _tool("chat_cli").main(base, adapter, side, params, max_new_tokens, temperature, ask)
+    except UserError as err:
+        fail("chat", str(err))
+
+
+@app.command()
+def serve(
+    adapter: list[str] = AdapterSpecsOption,
+    base: Path = BaseOption,
+    base_name: str = typer.Option("base", help="the base's model name in requests"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)"),
+    port: int = typer.Option(8000),
+    api_key_env: str = typer.Option("LORADAG_API_KEY", help="env variable holding the key clients must send"),
+    max_tokens_limit: int = typer.Option(1024, min=1, help="larger max_tokens requests get a 400"),
+    params: Path = ParamsOption,
+) -> None:
+    """OpenAI-compatible server (/v1/models, /v1/chat/completions) for the base and adapters."""
+    module = _tool("serve")
+    try:
+        specs = adapter or ([f"adapter={ADAPTER_DIR}"] if (ADAPTER_DIR / "adapter_config.json").is_file() else [])
+        adapters = module.parse_adapters(specs, base_name)
+        engine = module.load_engine(base, adapters, base_name, max_tokens_limit)
+        module.run(engine, module.training_system_prompt(params), module.api_key_from(api_key_env), host, port)
+    except UserError as err:
+        fail("serve", str(err))

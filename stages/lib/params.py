@@ -27,6 +27,7 @@ STAGES = {
     "split": "Seeded, leakage-checked train/eval split.",
     "train": "LoRA/QLoRA fine-tune of the base model (models/adapter/).",
     "evaluate": "Base vs adapter on held-out pairs, metrics and keep/discard decision.",
+    "export": "Merged model + self-contained adapter bundle with model cards (models/export/).",
 }
 SHARED_SECTIONS = ("refusal_phrases",)  # read by more than one stage
 
