@@ -12,7 +12,8 @@
 
 Both folders carry a model card (README.md): evaluate's verdict, its metric table as metrics/evaluate.json holds
 it (intervals included where evaluate writes them), the data and base hashes and the training params. A
-discarded adapter is exported only with `export.allow_discarded: true`.
+discarded (or inconclusive) adapter is exported only with `export.allow_discarded: true`; without it the stage
+still succeeds, and `models/export/README.md` says why nothing was exported.
 
 Run: `loradag export` (or `dvc repro export`). Writes `models/export/` and `metrics/export.json`.
 """
@@ -46,17 +47,21 @@ class ExportConfig:
     allow_discarded: bool = False  # export an adapter evaluate discarded (the card says so)
 
 
-def check_verdict(evaluation: dict[str, Any], cfg: ExportConfig) -> bool:
-    """evaluate's keep/discard; a discarded adapter stops the stage unless `export.allow_discarded`."""
+def read_verdict(evaluation: dict[str, Any]) -> tuple[bool, str]:
+    """(keep, verdict) from metrics/evaluate.json: `decision.verdict` where evaluate writes one, else keep/discard."""
     if "decision.keep" not in evaluation:
         raise UserError(f"{EVALUATE_METRICS}: no decision.keep; run `loradag evaluate` (dvc repro evaluate) first")
     keep = bool(evaluation["decision.keep"])
-    if not keep and not cfg.allow_discarded:
-        raise UserError(
-            "evaluate discarded this adapter (reports/decision.md): it is not exported. Set "
-            "export.allow_discarded: true in params.yaml to export it anyway (its model card will say DISCARD)"
-        )
-    return keep
+    return keep, str(evaluation.get("decision.verdict", "keep" if keep else "discard"))
+
+
+def not_exported_card(verdict: str) -> str:
+    """The export folder's only file when the adapter was not kept: the pipeline stays green, nothing ships."""
+    return (
+        f"# Not exported\n\nevaluate's verdict for this adapter is **{verdict.upper()}** (reports/decision.md), so "
+        "no model was exported. Set `export.allow_discarded: true` in params.yaml to export it anyway; its model "
+        "cards will then carry the verdict.\n"
+    )
 
 
 # ---------------------------------------------------------------- the model card
@@ -193,7 +198,13 @@ def folder_mb(folder: Path) -> float:
 def main(params_path: Path) -> None:
     cfg = section_config(ExportConfig, load_params(params_path), "export")
     evaluation = json.loads(EVALUATE_METRICS.read_text(encoding="utf-8")) if EVALUATE_METRICS.is_file() else {}
-    keep = check_verdict(evaluation, cfg)
+    keep, verdict = read_verdict(evaluation)
+    if not keep and not cfg.allow_discarded:
+        with atomic_dir(OUT_DIR) as out:  # an export of an earlier adapter must not pass for this one
+            (out / "README.md").write_text(not_exported_card(verdict), encoding="utf-8")
+        write_json({"exported": False, "keep": False, "verdict": verdict}, METRICS)
+        log.info("export: verdict %s, not exported (export.allow_discarded: false); see %s/README.md", verdict, OUT_DIR)
+        return
     provenance = provenance_of(BASE_DIR, ADAPTER_DIR)
     tokenizer = chat.load_tokenizer(BASE_DIR)
     model = merge(BASE_DIR, ADAPTER_DIR)
@@ -205,8 +216,10 @@ def main(params_path: Path) -> None:
         for file in out.rglob("*"):
             if file.is_file():  # writers that make 0600 files (safetensors): vLLM or Ollama may run as another user
                 file.chmod(0o644)
-        metrics = {"keep": keep, "dtype": base_dtype(BASE_DIR), "merged_mb": folder_mb(out / "merged"),
-                   "adapter_mb": folder_mb(out / "adapter")}  # fmt: skip
+        metrics = {
+            "exported": True, "keep": keep, "verdict": verdict, "dtype": base_dtype(BASE_DIR),
+            "merged_mb": folder_mb(out / "merged"), "adapter_mb": folder_mb(out / "adapter"),
+        }  # fmt: skip
     write_json(metrics, METRICS)
     log.info("export: %s -> %s/merged (%.0f MB), %s/adapter", "KEEP" if keep else "DISCARD", OUT_DIR,
              metrics["merged_mb"], OUT_DIR)  # fmt: skip
