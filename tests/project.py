@@ -89,3 +89,23 @@ def copy_project(dest: Path, params: dict[str, Any] | None = None) -> Project:
         project.set_params(params)
     project.commit("copy of loradag")
     return project
+
+
+def run_generate_stage(root: Path, monkeypatch: Any, openai: dict[str, Any], texts: list[str], **generate: Any) -> dict:
+    """Run the real generate stage in `root` with the openai backend on one article chunk per text; its metrics."""
+    import json
+
+    import polars as pl
+
+    from stages.generate import main
+
+    monkeypatch.chdir(root)
+    params = {"generate": {"backend": "openai", "openai": openai, **generate}}
+    (root / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
+    chunk = {"kind": "article", "source": "a.md", "source_sha256": "0" * 64, "char_start": 0}
+    rows = [chunk | {"id": f"id{i}", "chunk_index": i, "char_end": len(t), "n_words": len(t.split()), "text": t}
+            for i, t in enumerate(texts)]  # fmt: skip
+    (root / "data" / "extract").mkdir(parents=True)
+    pl.DataFrame(rows).write_parquet(root / "data" / "extract" / "records.parquet")
+    main(root / "params.yaml")
+    return json.loads((root / "metrics" / "generate.json").read_text())

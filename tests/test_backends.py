@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import project
 import pytest
 from tiny import save_tiny_llama
 
@@ -288,33 +289,8 @@ def test_sampling_params_are_part_of_the_cache_key(serve, tmp_path: Path) -> Non
 
 
 def run_generate_stage(root: Path, monkeypatch: pytest.MonkeyPatch, url: str, texts: list[str]) -> dict:
-    monkeypatch.chdir(root)
-    params = {
-        "generate": {
-            "backend": "openai",
-            "pairs_per_chunk": 3,
-            "openai": {"base_url": url, "model": "test-model", "api_key_env": "LORADAG_TEST_KEY", "retries": 0},
-        }
-    }
-    (root / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
-    rows = [
-        {
-            "id": f"id{i}",
-            "kind": "article",
-            "source": "a.md",
-            "source_sha256": "0" * 64,
-            "chunk_index": i,
-            "char_start": 0,
-            "char_end": len(t),
-            "n_words": 1,
-            "text": t,
-        }
-        for i, t in enumerate(texts)
-    ]
-    (root / "data" / "extract").mkdir(parents=True)
-    pl.DataFrame(rows).write_parquet(root / "data" / "extract" / "records.parquet")
-    generate_main(root / "params.yaml")
-    return json.loads((root / "metrics" / "generate.json").read_text())
+    openai = {"base_url": url, "model": "test-model", "api_key_env": "LORADAG_TEST_KEY", "retries": 0}
+    return project.run_generate_stage(root, monkeypatch, openai, texts, pairs_per_chunk=3)
 
 
 def test_the_api_key_is_sent_but_never_written_anywhere(serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

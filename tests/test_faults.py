@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import project
 import pytest
 from test_backends import completion, conversations, free_port
 
-from stages.generate import main as generate_main
 from stages.lib.backends import Deadline, OpenAIChat, OpenAIConfig, backoff_s, retry_after_s, should_retry
 from stages.lib.common import UserError
 from stages.lib.params import ConfigError, from_dict
@@ -281,27 +281,8 @@ def test_a_server_that_is_down_fails_naming_the_url(tmp_path: Path) -> None:
 
 
 def run_stage(root: Path, monkeypatch: pytest.MonkeyPatch, url: str, texts: list[str]) -> dict:
-    monkeypatch.chdir(root)
     openai = {"base_url": url, "model": "test-model", "api_key_env": "", "concurrency": 1, "retries": 2}
-    (root / "params.yaml").write_text(json.dumps({"generate": {"backend": "openai", "openai": openai}}))
-    rows = [
-        {
-            "id": f"id{i}",
-            "kind": "article",
-            "source": "a.md",
-            "source_sha256": "0" * 64,
-            "chunk_index": i,
-            "char_start": 0,
-            "char_end": len(t),
-            "n_words": len(t.split()),
-            "text": t,
-        }
-        for i, t in enumerate(texts)
-    ]
-    (root / "data" / "extract").mkdir(parents=True)
-    pl.DataFrame(rows).write_parquet(root / "data" / "extract" / "records.parquet")
-    generate_main(root / "params.yaml")
-    return json.loads((root / "metrics" / "generate.json").read_text())
+    return project.run_generate_stage(root, monkeypatch, openai, texts)
 
 
 def test_the_generate_stage_rides_out_faults_and_drops_garbage(
