@@ -388,20 +388,18 @@ def judge_distribution(preds: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def interval_metrics(preds: dict[str, list[dict[str, Any]]], scoring: Scoring, cfg: EvaluateConfig) -> dict[str, Any]:
-    """Each side's paired bootstrap interval against base, and the adapter's wins/ties/losses, per metric."""
+    """Per metric, each side's paired bootstrap interval against base, and the adapter's wins/ties/losses."""
     rule, flat = cfg.decision, {}
     for name, metric in ANSWER_METRICS.items():
-        if metric.total:
+        if metric.total or not applies(metric, scoring):
             continue
-        base = question_scores(preds["base"], metric, scoring) if applies(metric, scoring) else []
+        base = question_scores(preds["base"], metric, scoring)
         for side, prefix in COMPARED.items():
-            if side not in preds or not base:
-                continue
-            other = question_scores(preds[side], metric, scoring)
-            interval = paired_bootstrap(base, other, rule.confidence, rule.resamples, rule.seed)
+            other = question_scores(preds[side], metric, scoring) if side in preds else []
+            interval = paired_bootstrap(base, other, rule.confidence, rule.resamples, rule.seed) if other else None
             if interval is not None:
                 flat |= {f"{prefix}.{name}.ci_low": interval.low, f"{prefix}.{name}.ci_high": interval.high}
-        if base and f"delta.{name}.ci_low" in flat:
+        if metric.decidable and f"delta.{name}.ci_low" in flat:  # a win means higher: not for rates or latency
             wins, ties, losses = wins_ties_losses(base, question_scores(preds["adapter"], metric, scoring))
             flat |= {f"wins.{name}": wins, f"ties.{name}": ties, f"losses.{name}": losses}
     return flat

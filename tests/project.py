@@ -21,6 +21,8 @@ QUICK_PARAMS = {
     "evaluate.max_questions": 6,
     "evaluate.max_new_tokens": 24,
     "evaluate.batch_size": 6,
+    "evaluate.gates.general.max_items": 6,
+    "evaluate.gates.safety.max_items": 6,
 }
 
 

@@ -277,7 +277,8 @@ def test_main_answers_every_set_in_batches_and_reports_the_metrics(
     for name in ("refusal_rate", "exact_match", "token_f1", "degenerate_rate", "judge_mean", "mean_latency_s"):
         for side in sides:
             assert f"{side}.{name}" in metrics, (side, name)
-        assert {f"delta.{name}", f"delta.{name}.ci_low", f"delta.{name}.ci_high", f"wins.{name}"} <= set(metrics)
+        assert {f"delta.{name}", f"delta.{name}.ci_low", f"delta.{name}.ci_high"} <= set(metrics)
+        assert (f"wins.{name}" in metrics) is scoring.ANSWER_METRICS[name].decidable  # a win means higher
         assert {f"delta.base+rag.{name}.ci_low", f"delta.adapter+rag.{name}.ci_high"} <= set(metrics)
     assert metrics["base.judge_mean"] == 2.0 and metrics["base.judge_unparseable"] == 1.0  # (0+1+3+4)/4
     assert metrics["adapter.judge_mean"] == 5.0 and metrics["delta.judge_mean"] == 3.0
@@ -317,7 +318,7 @@ def test_a_dead_judge_endpoint_fails_before_any_generation(eval_project: Path, m
     Path("params.yaml").write_text(json.dumps(params))
     monkeypatch.setattr(GenerationMixin, "generate", lambda *a, **k: pytest.fail("generated before the judge check"))
     began = time.perf_counter()
-    with pytest.raises(UserError, match=f"127.0.0.1:{port}/v1/models does not answer"):
+    with pytest.raises(UserError, match=f"evaluate.judge.openai: no answer from http://127.0.0.1:{port}/v1/models"):
         evaluate.main(Path("params.yaml"))
     assert time.perf_counter() - began < 5
 

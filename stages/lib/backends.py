@@ -403,8 +403,8 @@ class OpenAIChat(ChatBackend):
             status = httpx.get(url, headers=headers, timeout=min(self.cfg.timeout_s, CHECK_TIMEOUT_S)).status_code
         except httpx.HTTPError as err:
             raise UserError(
-                f"{self.where}: {url} does not answer ({type(err).__name__}: {err}). Is the server up? Is "
-                f"`{self.where}.base_url` right (it usually ends in /v1)?"
+                f"{self.where}: no answer from {url} ({type(err).__name__}: {err}), checked before any generation. "
+                f"Is the server up? Is `{self.where}.base_url` right (it usually ends in /v1)?"
             ) from err
         if status in (401, 403):
             raise UserError(f"{self.where}: {url} answered HTTP {status}: {self._key_source()} holds no key it accepts")

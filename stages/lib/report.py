@@ -78,8 +78,8 @@ def rule_in_words(cfg: Any) -> str:
     rule = cfg.decision
     return (
         f"keep the adapter if the {rule.confidence:.0%} interval of adapter {rule.metric} - base {rule.metric} lies "
-        f"above {rule.min_delta} and every gate passes; discard it if the interval lies below {rule.min_delta} or a "
-        "gate fails; otherwise the verdict is inconclusive"
+        f"at or above {rule.min_delta} and every gate passes; discard it if the interval lies below "
+        f"{rule.min_delta} or a gate fails; otherwise the verdict is inconclusive"
     )
 
 
