@@ -22,6 +22,8 @@ QUICK_PARAMS = {
     "evaluate.max_new_tokens": 24,
     "evaluate.batch_size": 6,
     "export.allow_discarded": True,  # 3 steps may not beat the base; the whole DAG still runs
+    "evaluate.gates.general.max_items": 6,
+    "evaluate.gates.safety.max_items": 6,
 }
 
 

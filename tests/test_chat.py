@@ -72,7 +72,7 @@ def test_prompt_tokens_are_identical_as_trained_evaluated_and_generated(
 
     prompts = recorded_prompts(monkeypatch)
     model, left = chat.load_for_generation(model_dir)
-    evaluate.generate_answers(model, left, pairs, SYSTEM, evaluate.EvaluateConfig(max_new_tokens=2, batch_size=3))
+    evaluate.generate_answers(model, left, evaluate.eval_items(pairs), SYSTEM, max_new_tokens=2, batch_size=3)
     backend = TransformersChat(TransformersConfig(str(model_dir), batch_size=2, max_new_tokens=2), tmp_path, "g")
     backend.chat([chat.prompt_messages(q, SYSTEM) for q in pairs["question"]], label="test")
     assert len(prompts) == 6

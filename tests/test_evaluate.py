@@ -1,4 +1,4 @@
-"""Stage evaluate: metric functions on hand-built answers, the decision rule, config checks, and main() end to end."""
+"""Stage evaluate: metric functions on hand-built answers, config checks, the report, and main() end to end."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from stages import evaluate
-from stages.evaluate import DecisionConfig, decide
-from stages.lib import chat
+from stages.lib import chat, report
 from stages.lib import metrics as scoring
-from stages.lib.common import write_parquet
+from stages.lib.common import UserError, write_parquet
 from stages.lib.pairs import refusal_regex
 from stages.lib.params import ConfigError
 
@@ -78,6 +77,9 @@ def test_refusal_matches_phrases_like_validate() -> None:
         ("   \n\t ", True),
         ("The adapter goes to models/adapter. " * 6 + "The adapter", True),
         ("!!!!!!!!!!!!!!!!!!!!", True),
+        ("``", True),  # an empty code span: the format without the answer
+        ("` `", True),
+        ("`models/adapter`", False),
         ("The train stage writes the adapter to models/adapter and the metrics to metrics/train.json.", False),
         ("The the cat sat on the mat with the hat.", False),
         ("Paris", False),
@@ -127,28 +129,7 @@ def test_side_metrics_on_hand_built_predictions() -> None:
     }
 
 
-# ---------------------------------------------------------------- decision and config
-
-
-@pytest.mark.parametrize(
-    ("delta_f1", "delta_degenerate", "keep"),
-    [(0.05, 0.0, True), (0.02, 0.0, True), (0.0199, 0.0, False), (0.05, 0.1, False), (-0.2, -0.1, False)],
-)
-def test_decision_rule_both_ways(delta_f1: float, delta_degenerate: float, keep: bool) -> None:
-    metrics = {"delta.token_f1": delta_f1, "delta.degenerate_rate": delta_degenerate}
-    assert decide(metrics, DecisionConfig(metric="token_f1", min_delta=0.02, max_degenerate_increase=0.0)) is keep
-
-
-def test_decision_without_the_metric_discards() -> None:
-    # no reference held a number, so numeric_match was not measured: nothing shows an improvement
-    assert decide({"delta.degenerate_rate": 0.0}, DecisionConfig(metric="numeric_match")) is False
-
-
-def test_flat_metrics_take_deltas_from_rounded_values() -> None:
-    sides = {"base": {"token_f1": 0.28, "degenerate_rate": 0.0}, "adapter": {"token_f1": 0.3, "degenerate_rate": 0.0}}
-    metrics = evaluate.flat_metrics(sides, DecisionConfig(min_delta=0.02), questions=10)
-    assert metrics["delta.token_f1"] == 0.02 and metrics["decision.keep"] is True  # not 0.0199999 -> discard
-    assert metrics["eval_questions"] == 10 and metrics["base.token_f1"] == 0.28
+# ---------------------------------------------------------------- config
 
 
 @pytest.mark.parametrize(
@@ -160,6 +141,14 @@ def test_flat_metrics_take_deltas_from_rounded_values() -> None:
         ({"evaluate": {"json_schema": "object"}}, "evaluate.json_schema must be a mapping"),
         ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size must be >= 1"),
         ({"evaluate": {"judge": {"backend": "claude"}}}, "evaluate.judge.backend must be one of"),
+        ({"evaluate": {"decision": {"confidence": 1.0}}}, r"evaluate.decision.confidence must be in \[0.5, 1\)"),
+        ({"evaluate": {"decision": {"resamples": 10}}}, "evaluate.decision.resamples must be >= 100"),
+        ({"evaluate": {"gates": {"general": {"max_drop": 2}}}}, r"evaluate.gates.general.max_drop must be in \[0, 1\]"),
+        ({"evaluate": {"gates": {"safety": {"max_items": -1}}}}, "evaluate.gates.safety.max_items must be >= 0"),
+        ({"evaluate": {"gates": {"safety": {"path": " "}}}}, "evaluate.gates.safety.path must name a JSONL file"),
+        ({"evaluate": {"gates": {"latency": {"max_factor": 0.5}}}}, "evaluate.gates.latency.max_factor must be >= 1"),
+        ({"evaluate": {"gates": {"speed": {}}}}, "evaluate.gates.speed is not a known key"),
+        ({"evaluate": {"rag": {"top_k": -1}}}, "evaluate.rag.top_k must be >= 0"),
     ],
 )
 def test_bad_params_name_the_key(params: dict[str, Any], message: str) -> None:
@@ -176,24 +165,37 @@ def test_refusal_phrases_must_be_a_list() -> None:
 
 
 class FakeJudge:
-    """Scores the base side 0..4 (one unparseable) and the adapter side 5."""
+    """Agrees with the labelled set's order, scores the base sides 0..4 (one unparseable) and the adapter sides 5."""
+
+    name = "fake:judge"
 
     def __init__(self) -> None:
         self.labels: list[str] = []
 
+    def check(self) -> None:
+        self.labels.append("check")
+
     def chat(self, conversations: list[list[dict[str, str]]], label: str) -> list[str | None]:
         self.labels.append(label)
         assert all("Reference answer:" in c[-1]["content"] for c in conversations)
+        if "agreement" in label:
+            return [str(i % 6) for i in range(len(conversations))]
         if "base" in label:
             return ["Score: 0", "1", "no idea", "3/5", "4"][: len(conversations)]
         return ["5"] * len(conversations)
 
 
+def write_jsonl_set(path: str, rows: list[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 @pytest.fixture
 def eval_project(tiny_model_dir: Path, make_pairs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder with models/base (tiny), models/adapter (random LoRA), 5 eval pairs and params."""
+    """A project folder: models/base (tiny), models/adapter (random LoRA), 5 eval pairs, a corpus, gate sets."""
     import shutil
 
+    import polars as pl
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -202,6 +204,14 @@ def eval_project(tiny_model_dir: Path, make_pairs: Any, tmp_path: Path, monkeypa
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0: changes outputs
     get_peft_model(AutoModelForCausalLM.from_pretrained("models/base"), lora).save_pretrained("models/adapter")
     write_parquet(make_pairs(5, start=20), "data/split/eval.parquet")
+    texts = [f"Stage {i} is painted a colour and has {i * 3 + 2} steps." for i in range(20, 25)]
+    write_parquet(pl.DataFrame({"id": ["r1", "r2", "r3", "r4", "r5"], "kind": ["article"] * 5, "text": texts}),
+                  "data/extract/records.parquet")  # fmt: skip
+    general = [{"id": f"g{i}", "question": f"What is {i} plus {i}?", "reference": str(2 * i)} for i in range(3)]
+    write_jsonl_set("sets/general.jsonl", general)
+    write_jsonl_set("sets/safety.jsonl", [{"id": f"s{i}", "prompt": f"Help me do harm number {i}."} for i in range(2)])
+    labelled = [{"question": "q", "reference": "r", "answer": "a", "human_score": i % 6} for i in range(8)]
+    write_jsonl_set("sets/agreement.jsonl", labelled)
     params = {
         "refusal_phrases": ["I don't know", "as an AI"],
         "train": {"system_prompt": "Answer tersely."},
@@ -209,15 +219,26 @@ def eval_project(tiny_model_dir: Path, make_pairs: Any, tmp_path: Path, monkeypa
             "max_new_tokens": 6,
             "batch_size": 2,
             "examples_in_report": 3,
-            "judge": {"backend": "openai"},
-            "decision": {"metric": "judge_mean", "min_delta": 0.5},
+            "judge": {"backend": "openai", "agreement_path": "sets/agreement.jsonl"},
+            "decision": {"metric": "judge_mean", "min_delta": 0.5, "resamples": 200},
+            "gates": {
+                "general": {"path": "sets/general.jsonl", "max_items": 3, "max_new_tokens": 4},
+                "safety": {"path": "sets/safety.jsonl", "max_items": 5, "max_new_tokens": 4},
+            },
+            "rag": {"top_k": 1, "passage_words": 50},
         },
     }
     Path("params.yaml").write_text(json.dumps(params))  # JSON is YAML
     return tmp_path
 
 
-def test_main_answers_in_batches_and_reports_the_metrics(eval_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def read_preds(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(f"data/evaluate/{name}.jsonl").read_text().splitlines()]
+
+
+def test_main_answers_every_set_in_batches_and_reports_the_metrics(
+    eval_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import GenerationMixin
 
     batches: list[int] = []
@@ -225,7 +246,7 @@ def test_main_answers_in_batches_and_reports_the_metrics(eval_project: Path, mon
 
     def counting_generate(self: Any, *args: Any, **kwargs: Any) -> Any:
         batches.append(kwargs["input_ids"].shape[0])
-        assert kwargs["generation_config"].do_sample is False and kwargs["generation_config"].max_new_tokens == 6
+        assert kwargs["generation_config"].do_sample is False
         return generate(self, *args, **kwargs)
 
     judge = FakeJudge()
@@ -233,61 +254,85 @@ def test_main_answers_in_batches_and_reports_the_metrics(eval_project: Path, mon
     monkeypatch.setattr(evaluate, "make_backend", lambda *args, **kwargs: judge)
     evaluate.main(Path("params.yaml"))
 
-    assert batches == [2, 2, 1, 2, 2, 1]  # ceil(5 / 2) = 3 batched calls per side
-    assert judge.labels == ["evaluate judge (base)", "evaluate judge (adapter)"]
-    preds = {
-        side: [json.loads(line) for line in Path(f"data/evaluate/preds_{side}.jsonl").read_text().splitlines()]
-        for side in ("base", "adapter")
-    }
-    for rows in preds.values():
+    # per side: eval 5 and rag 5 questions (2+2+1 each), general 3 (2+1), safety 2
+    assert batches == [2, 2, 1, 2, 2, 1, 2, 1, 2] * 2
+    sides = ["base", "adapter", "base+rag", "adapter+rag"]
+    assert judge.labels == ["check", "evaluate judge (agreement)", *(f"evaluate judge ({side})" for side in sides)]
+    for side in ("base", "adapter"):
+        rows = read_preds(f"preds_{side}")
         assert [row["id"] for row in rows] == [f"p{i:03d}" for i in range(20, 25)]
         assert {"id", "question", "reference", "answer", "tokens", "latency_s"} <= set(rows[0])
         assert all(0 <= row["tokens"] <= 6 and row["latency_s"] >= 0 for row in rows)
+    rag = read_preds("preds_rag")
+    assert [row["side"] for row in rag] == ["base+rag"] * 5 + ["adapter+rag"] * 5
+    assert rag[0]["passages"] == ["Stage 20 is painted a colour and has 62 steps."]  # BM25's best for stage 20
+    gated = read_preds("preds_gates")
+    assert [(row["set"], row["side"]) for row in gated] == [("general", "base")] * 3 + [("general", "adapter")] * 3 + [
+        ("safety", "base")
+    ] * 2 + [("safety", "adapter")] * 2
+    assert all(row["tokens"] <= 4 for row in gated)
 
     metrics = json.loads(Path("metrics/evaluate.json").read_text())
     assert metrics["eval_questions"] == 5
-    for name in (
-        "refusal_rate",
-        "exact_match",
-        "token_f1",
-        "keyword_overlap",
-        "numeric_match",
-        "mean_answer_tokens",
-        "mean_latency_s",
-        "degenerate_rate",
-        "judge_mean",
-    ):
-        assert {f"base.{name}", f"adapter.{name}", f"delta.{name}"} <= set(metrics), name
+    for name in ("refusal_rate", "exact_match", "token_f1", "degenerate_rate", "judge_mean", "mean_latency_s"):
+        for side in sides:
+            assert f"{side}.{name}" in metrics, (side, name)
+        assert {f"delta.{name}", f"delta.{name}.ci_low", f"delta.{name}.ci_high"} <= set(metrics)
+        assert (f"wins.{name}" in metrics) is scoring.ANSWER_METRICS[name].decidable  # a win means higher
+        assert {f"delta.base+rag.{name}.ci_low", f"delta.adapter+rag.{name}.ci_high"} <= set(metrics)
     assert metrics["base.judge_mean"] == 2.0 and metrics["base.judge_unparseable"] == 1.0  # (0+1+3+4)/4
     assert metrics["adapter.judge_mean"] == 5.0 and metrics["delta.judge_mean"] == 3.0
-    assert metrics["decision.keep"] is (metrics["delta.degenerate_rate"] <= 0.0)
-    assert "format_compliance" not in " ".join(metrics)  # no json_schema set
+    assert metrics["wins.judge_mean"] == 4 and metrics["losses.judge_mean"] == 0  # the unparseable one is unpaired
+    assert metrics["delta.judge_mean.ci_low"] >= 1 and metrics["delta.judge_mean.ci_high"] <= 5
+    assert metrics["judge.model"] == "fake:judge" and metrics["judge.prompt_sha256"] == evaluate.JUDGE_PROMPT_SHA256
+    assert metrics["judge.agreement_spearman"] == 1.0 and metrics["judge.agreement_items"] == 8
+    for gate in ("general", "safety", "latency", "degenerate"):
+        assert metrics[f"gate.{gate}.result"] in ("pass", "fail", "unclear"), gate
+    assert "gate.format.result" not in metrics  # no json_schema set
+    assert metrics["retrieval"] in ("better", "matched", "worse")
+    assert metrics["decision.verdict"] in ("keep", "discard", "inconclusive")
+    assert metrics["decision.keep"] is (metrics["decision.verdict"] == "keep")
 
     csv = Path("data/evaluate/judge_scores.csv").read_text().splitlines()
-    assert csv == ["score,base,adapter", "0,1,0", "1,1,0", "2,0,0", "3,1,0", "4,1,0", "5,0,5"]  # + 1 unparseable
+    assert csv[0] == "score,base,adapter,base+rag,adapter+rag"
+    assert csv[1:] == ["0,1,0,1,0", "1,1,0,1,0", "2,0,0,0,0", "3,1,0,1,0", "4,1,0,1,0", "5,0,5,0,5"]
 
-    report = Path("reports/decision.md").read_text()
-    for name in scoring.ANSWER_METRICS:
-        if f"base.{name}" in metrics:
-            values = [evaluate.fmt(metrics[f"{side}.{name}"]) for side in ("base", "adapter", "delta")]
-            assert f"| {name} | {' | '.join(values)} |" in report, name
-    assert ("KEEP" if metrics["decision.keep"] else "DISCARD") + " the adapter" in report
-    assert json.loads(Path("models/adapter/adapter_config.json").read_text())["r"] == 4
-    assert report.count("| What colour is the stage number") == 3  # examples_in_report
-    assert "keep the adapter if adapter judge_mean - base judge_mean >= 0.5" in report
+    text = Path("reports/decision.md").read_text()
+    assert text.splitlines()[2].startswith(f"**Verdict: {report.HEADLINES[metrics['decision.verdict']]}.**")
+    assert f"judge_mean = {report.with_interval(metrics, 'delta.judge_mean')}" in text.splitlines()[2]
+    assert "Spearman 1.0000" in text and "█" in text
+    assert text.count("| What colour is the stage number") == 3  # examples_in_report
+
+
+def test_a_dead_judge_endpoint_fails_before_any_generation(eval_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from transformers import GenerationMixin
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    params = json.loads(Path("params.yaml").read_text())
+    params["evaluate"]["judge"]["openai"] = {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": ""}
+    Path("params.yaml").write_text(json.dumps(params))
+    monkeypatch.setattr(GenerationMixin, "generate", lambda *a, **k: pytest.fail("generated before the judge check"))
+    began = time.perf_counter()
+    with pytest.raises(UserError, match=f"evaluate.judge.openai: no answer from http://127.0.0.1:{port}/v1/models"):
+        evaluate.main(Path("params.yaml"))
+    assert time.perf_counter() - began < 5
 
 
 def test_baseline_answers_are_the_plain_base_model(eval_project: Path) -> None:
     import polars as pl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = evaluate.load_config({"evaluate": {"max_new_tokens": 6, "batch_size": 2}})
-    questions = pl.read_parquet("data/split/eval.parquet")
+    items = evaluate.eval_items(pl.read_parquet("data/split/eval.parquet"))
     model, tokenizer = chat.load_for_generation(Path("models/base"), Path("models/adapter"))
-    both = evaluate.answer_both_sides(model, tokenizer, questions, "Answer tersely.", cfg)
+    both = evaluate.answer_both_sides(model, tokenizer, {"eval": (items, 6)}, "Answer tersely.", 2)["eval"]
     plain = AutoModelForCausalLM.from_pretrained("models/base").eval()
     left = AutoTokenizer.from_pretrained("models/base", padding_side="left")
-    expected = evaluate.generate_answers(plain, left, questions, "Answer tersely.", cfg)
+    expected = evaluate.generate_answers(plain, left, items, "Answer tersely.", 6, 2)
     assert [p["answer"] for p in both["base"]] == [p["answer"] for p in expected]
     assert all(p["answer"] for p in expected)  # real text, not an empty string on both sides
     assert [p["answer"] for p in both["adapter"]] != [p["answer"] for p in expected]  # the adapter is on
@@ -302,3 +347,60 @@ def test_judge_distribution_is_all_zero_without_a_judge() -> None:
     preds = {side: [{"answer": "x"}, {"answer": "y"}] for side in ("base", "adapter")}
     rows = evaluate.judge_distribution(preds).splitlines()
     assert rows == ["score,base,adapter", *(f"{score},0,0" for score in range(6))]
+
+
+# ---------------------------------------------------------------- report
+
+
+def report_case() -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """8 questions: the adapter wins 3, loses 2, ties 3 on token_f1; metrics as flat_metrics would write them."""
+    refs = ["red", "blue", "green", "amber", "teal", "cyan", "ochre", "violet"]
+    base = ["no", "no", "no", "amber", "teal", "cyan", "x", "y"]
+    adapter = ["red", "blue", "green", "x", "y", "cyan", "``", "z"]
+    preds = {
+        side: [
+            {"question": f"Q{i}?", "reference": ref, "answer": ans, "tokens": 1, "latency_s": 0.1}
+            for i, (ref, ans) in enumerate(zip(refs, answers, strict=True))
+        ]
+        for side, answers in (("base", base), ("adapter", adapter), ("base+rag", refs), ("adapter+rag", refs))
+    }
+    scoring_ = scoring.Scoring([])
+    cfg = evaluate.load_config({"evaluate": {"examples_in_report": 6, "decision": {"resamples": 500}}})
+    return evaluate.flat_metrics(preds, {}, scoring_, cfg), preds
+
+
+def render_case() -> tuple[str, dict[str, Any]]:
+    metrics, preds = report_case()
+    cfg = evaluate.load_config({"evaluate": {"examples_in_report": 6, "decision": {"resamples": 500}}})
+    info = {"task": "t", "base_model": "m", "eval_sha256": "e", "base_sha256": "b", "adapter_sha256": "a"}
+    return report.render(metrics, cfg, info, preds, scoring.Scoring([])), metrics
+
+
+def test_report_leads_with_the_verdict_and_its_interval() -> None:
+    text, metrics = render_case()
+    assert metrics["decision.verdict"] == "inconclusive" and metrics["decision.keep"] is False
+    assert (metrics["wins.token_f1"], metrics["ties.token_f1"], metrics["losses.token_f1"]) == (3, 3, 2)
+    lead = text.splitlines()[2]
+    assert lead.startswith("**Verdict: INCONCLUSIVE: not enough evidence to keep the adapter.**")
+    assert f"token_f1 = {report.with_interval(metrics, 'delta.token_f1')} (95% paired bootstrap" in lead
+    assert "won 3, tied 3 and lost 2 of 8 questions" in lead
+    assert "Retrieval alone beat the adapter" in lead  # base+rag answers every reference
+    assert metrics["retrieval"] == "better" and metrics["delta.base+rag.token_f1.ci_low"] > 0
+
+
+def test_report_table_shows_intervals_for_every_side() -> None:
+    text, metrics = render_case()
+    row = next(line for line in text.splitlines() if line.startswith("| token_f1 |"))
+    assert report.with_interval(metrics, "delta.token_f1") in row and "| 3/3/2 |" in row
+    assert report.with_interval(metrics, "delta.base+rag.token_f1") in row
+    assert report.with_interval(metrics, "delta.adapter+rag.token_f1") in row
+    gate = next(line for line in text.splitlines() if line.startswith("| degenerate |"))
+    assert gate.endswith("| unclear |")  # one "``" of 8 is degenerate: [0, 0.375] straddles the 0.0 allowed
+
+
+def test_report_examples_come_in_turn_from_wins_losses_and_ties() -> None:
+    text, _ = render_case()
+    outcomes = [
+        line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith(("| win", "| loss", "| tie"))
+    ]
+    assert outcomes == ["win", "loss", "tie", "win", "loss", "tie"]

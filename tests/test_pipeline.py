@@ -8,6 +8,7 @@ from dag import stage_modules
 from project import QUICK_PARAMS, copy_project
 
 from stages.lib.params import STAGES
+from stages.lib.report import HEADLINES
 
 
 def ran(output: str) -> list[str]:
@@ -24,8 +25,15 @@ def test_full_dag_on_smollm2_then_only_what_changed_reruns(tmp_path: Path) -> No
     metrics = json.loads(project.read("metrics/evaluate.json"))
     for key in ("token_f1", "refusal_rate", "degenerate_rate"):
         assert {f"base.{key}", f"adapter.{key}", f"delta.{key}"} <= metrics.keys()
-    verdict = "KEEP" if metrics["decision.keep"] else "DISCARD"
-    assert verdict in project.read("reports/decision.md")
+    for key in ("token_f1.ci_low", "token_f1.ci_high", "base+rag.token_f1.ci_low", "adapter+rag.token_f1.ci_high"):
+        assert f"delta.{key}" in metrics, key
+    assert {metrics[f"gate.{gate}.result"] for gate in ("general", "safety", "latency")} <= {"pass", "fail", "unclear"}
+    assert metrics["decision.keep"] is (metrics["decision.verdict"] == "keep")
+    assert (
+        project.read("reports/decision.md")
+        .splitlines()[2]
+        .startswith(f"**Verdict: {HEADLINES[metrics['decision.verdict']]}.**")
+    )
     assert json.loads(project.read("metrics/model.json"))["parameters"] == 134_515_008
 
     assert ran(project.dvc("repro")) == []  # nothing changed: a no-op

@@ -261,9 +261,9 @@ def test_golden_the_servers_adapter_answer_is_evaluates_adapter_answer(
     server: Server, tiny_model_dir: Path, tiny_adapters: dict[str, Path], make_pairs: Any
 ) -> None:
     questions = make_pairs(4, start=100)
-    cfg = evaluate.EvaluateConfig(max_new_tokens=MAX_TOKENS, batch_size=1)
     model, tokenizer = chat.load_for_generation(tiny_model_dir, tiny_adapters["a"])
-    evaluated = evaluate.generate_answers(model, tokenizer, questions, SYSTEM, cfg)
+    items = evaluate.eval_items(questions)
+    evaluated = evaluate.generate_answers(model, tokenizer, items, SYSTEM, MAX_TOKENS, batch_size=1)
     client = server.client()
     served = [ask(client, "a", row["question"]).choices[0].message.content for row in evaluated]
     assert served == [row["answer"] for row in evaluated]

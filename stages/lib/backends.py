@@ -57,6 +57,7 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SECRET_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xoxb-", "xoxp-")
 SECRET_PREFIXES += ("AKIA", "ASIA", "AIza", "glpat-", "gsk_", "r8_")
 FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```\s*$", re.S)
+CHECK_TIMEOUT_S = 10.0  # an endpoint that takes longer to list its models is as good as down
 MAX_RETRY_AFTER_S = 60.0  # the OpenAI SDK's limit: a server asking for a longer wait fails the run instead of hanging
 
 
@@ -247,6 +248,10 @@ class ChatBackend:
                 on_reply(i, reply)
         return replies
 
+    def check(self) -> None:
+        """Raise UserError now if the backend cannot answer: before minutes of work that end up needing it."""
+        self._identity()
+
     def _identity(self) -> dict[str, Any]:
         """Everything besides the messages that decides the reply: backend, model, sampling params."""
         raise NotImplementedError
@@ -386,6 +391,23 @@ class OpenAIChat(ChatBackend):
                     failure = error
         if failure is not None:
             raise failure if isinstance(failure, UserError) else self._unreachable(failure)
+
+    def check(self) -> None:
+        """One GET of `<base_url>/models`, no retries: a server that is down or refuses the key fails at once."""
+        import httpx
+
+        key = self._api_key()
+        url = self.cfg.base_url.rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            status = httpx.get(url, headers=headers, timeout=min(self.cfg.timeout_s, CHECK_TIMEOUT_S)).status_code
+        except httpx.HTTPError as err:
+            raise UserError(
+                f"{self.where}: no answer from {url} ({type(err).__name__}: {err}), checked before any generation. "
+                f"Is the server up? Is `{self.where}.base_url` right (it usually ends in /v1)?"
+            ) from err
+        if status in (401, 403):
+            raise UserError(f"{self.where}: {url} answered HTTP {status}: {self._key_source()} holds no key it accepts")
 
     def _api_key(self) -> str:
         return os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""

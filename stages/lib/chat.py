@@ -4,6 +4,7 @@ train (what trl tokenizes), evaluate, the transformers backend and serving all b
 prompt a model is trained on is, token for token, the prompt it is asked with:
 
     messages = prompt_messages(question, system_prompt)     # [system, user]
+    rag = prompt_messages(with_passages(question, passages), system_prompt)  # retrieved passages, then the question
     example = training_example(question, answer, system_prompt)  # trl prompt/completion row
     ids = prompt_ids(tokenizer, messages)                   # the template's generation prompt, tokenized
     for answer in generate(model, tokenizer, [messages], Sampling(max_new_tokens=96), batch_size=16): ...
@@ -40,6 +41,12 @@ CHATML_TEMPLATE = (
 def prompt_messages(question: str, system_prompt: str) -> Conversation:
     """What the model is asked for one pair, in training, evaluation and serving alike."""
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+
+
+def with_passages(question: str, passages: list[str]) -> str:
+    """The user turn of a retrieval-augmented question: numbered passages, then the question as asked."""
+    context = "\n\n".join(f"[{i}] {passage}" for i, passage in enumerate(passages, 1))
+    return f"Passages:\n{context}\n\nAnswer from the passages if they help.\nQuestion: {question}"
 
 
 def training_example(question: str, answer: str, system_prompt: str) -> dict[str, Conversation]:

@@ -103,9 +103,9 @@ def looped_share(units: list[str], max_period: int) -> float:
 
 
 def is_degenerate(answer: str) -> bool:
-    """Empty, whitespace only, or collapsed into a loop ("the the the ...", a sentence repeating to the end)."""
+    """Empty, whitespace or empty code spans only ("``"), or collapsed into a loop ("the the the ...")."""
     words = answer.split()
-    if not words:
+    if not "".join(words).strip("`"):
         return True
     if len(words) >= 4:
         return looped_share(words, max_period=25) >= COLLAPSE_SHARE
@@ -188,13 +188,18 @@ def applies(metric: Metric, scoring: Scoring) -> bool:
     )
 
 
+def question_scores(preds: list[dict[str, Any]], metric: Metric, scoring: Scoring) -> list[float | None]:
+    """The metric's score of each answer, in order (None: not applicable to that answer)."""
+    return [metric.score(pred, scoring) for pred in preds]
+
+
 def side_metrics(preds: list[dict[str, Any]], scoring: Scoring) -> dict[str, float]:
     """One side's metrics, rounded to 4 decimals; metrics with no applicable answers are left out."""
     values = {}
     for name, metric in ANSWER_METRICS.items():
         if not applies(metric, scoring):
             continue
-        scores = [metric.score(pred, scoring) for pred in preds]
+        scores = question_scores(preds, metric, scoring)
         value = sum(s for s in scores if s is not None) if metric.total else mean(scores)
         if value is not None:
             values[name] = round(value, 4)
