@@ -72,7 +72,7 @@ def test_failing_stages_leave_the_last_good_outputs(project: Project) -> None:
     assert "'no_such_proj' is not a linear layer" in project.dvc("repro", check=False)
     assert_recovered(project, before, undo)
 
-    undo = set_params_temporarily(project, {"evaluate.judge": {"backend": "openai", "openai": DEAD_ENDPOINT}})
+    undo = set_params_temporarily(project, {"evaluate.judge.backend": "openai", "evaluate.judge.openai": DEAD_ENDPOINT})
     assert "evaluate.judge.openai: no answer" in project.dvc("repro", check=False)
     assert_recovered(project, before, undo)
 
