@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import mining
+from stages.lib import mining, mining_treesitter
 from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_json, write_parquet
 from stages.lib.params import load_params, require, section_config
 
@@ -160,16 +160,23 @@ def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[st
 # ---------------------------------------------------------------- code
 
 
-def code_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[str, Any]]:
+def code_records(source: str, raw: bytes, cfg: ExtractConfig, counts: Counter[str]) -> list[dict[str, Any]]:
     text = decode_text(source, raw)
-    language = mining.LANGUAGES[Path(source).suffix]
-    try:
-        if language == "go":
-            found = mining.mine_go_functions(text, source, cfg.code.min_lines)
-        else:
-            found = mining.mine_python_functions(text, source, cfg.code.min_lines)
-    except mining.CodeParseError as err:
-        raise BadInput(f"{source}:{err.line}", "parse_error", "does not parse as " + language) from err
+    language = code_language(source, text)
+    if language in mining_treesitter.RULES:
+        mined = mining_treesitter.mine_functions(language, text, source, cfg.code.min_lines)
+        if mined.error_line is not None:  # tree-sitter recovered: the functions around the error are kept
+            log.warning("extract: %s:%d: %s syntax error; functions in it skipped", source, mined.error_line, language)
+            counts["partially_parsed"] += 1
+        found = mined.functions
+    else:
+        try:
+            if language == "go":
+                found = mining.mine_go_functions(text, source, cfg.code.min_lines)
+            else:
+                found = mining.mine_python_functions(text, source, cfg.code.min_lines)
+        except mining.CodeParseError as err:
+            raise BadInput(f"{source}:{err.line}", "parse_error", "does not parse as " + language) from err
     digest = sha256_bytes(raw)
     return [
         {
@@ -187,6 +194,19 @@ def code_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[str, 
         }
         for fn in found
     ]
+
+
+def code_language(source: str, text: str) -> str:
+    suffix = Path(source).suffix.lower()
+    return mining_treesitter.header_language(text) if suffix == ".h" else mining.LANGUAGES[suffix]
+
+
+def is_generated_code(source: str, text: str) -> bool:
+    if source.endswith(".go"):
+        return mining.is_generated_go(text)
+    if source.endswith(".py"):
+        return False  # no marker convention is checked for Python yet
+    return mining_treesitter.is_generated(text, source)
 
 
 # ---------------------------------------------------------------- bring-your-own pairs
@@ -290,6 +310,7 @@ def input_files(root: Path, kind: str, cfg: ExtractConfig) -> list[Path]:
         suffixes = PAIR_SUFFIXES
     else:
         suffixes = tuple(s for s, lang in mining.LANGUAGES.items() if lang in cfg.code.languages)
+        suffixes += (".h",) if "cpp" in cfg.code.languages else ()  # a header is C or C++ by its content
     real_root = root.resolve()
     # rglob does not descend into folder links; one leading outside is listed so that extract refuses it by name
     return sorted(
@@ -325,13 +346,14 @@ def file_records(path: Path, source: str, real_root: Path, cfg: ExtractConfig, s
     if cfg.kind == "code" and mining.is_vendored(source):
         skipped["vendored"] += 1
         return []
-    if cfg.kind == "code" and path.suffix == ".go" and mining.is_generated_go(raw.decode("utf-8", "replace")):
+    # utf-8-sig: a byte-order mark must not hide the generated-file marker on the first line
+    if cfg.kind == "code" and is_generated_code(source, raw.decode("utf-8-sig", "replace")):
         skipped["generated"] += 1
         return []
     if cfg.kind == "articles":
         return article_records(source, raw, cfg)
     if cfg.kind == "code":
-        return code_records(source, raw, cfg)
+        return code_records(source, raw, cfg, skipped)
     return pair_records(source, raw, cfg, skipped)
 
 
@@ -355,6 +377,7 @@ def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int
     table = pl.DataFrame(records, schema=SCHEMAS[cfg.kind])
     counts = {"files": len(files), "records": table.height}
     counts |= {f"skipped_{reason}": skipped[reason] for reason in SKIP_REASONS}
+    counts["partially_parsed"] = skipped["partially_parsed"]  # code files mined around a syntax error
     return table, counts
 
 
