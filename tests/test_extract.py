@@ -7,7 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from stages.extract import SCHEMAS, ExtractConfig, chunk_article, clean_article, extract, main
+from stages.extract import SCHEMAS, ExtractConfig, extract, main
+from stages.lib.articles import chunk_article, clean_article
 from stages.lib.common import UserError
 from stages.lib.params import ConfigError, from_dict
 
