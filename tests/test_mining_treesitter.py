@@ -147,6 +147,14 @@ def test_rust_inner_doc_comments_document_the_module_not_the_function() -> None:
     assert (only.line, only.instruction) == (4, "Outer docs.\nSecond line.")
 
 
+def test_a_comment_trailing_an_attribute_keeps_the_doc_above_it() -> None:
+    # ripgrep tests/util.rs: `#[allow(dead_code)] // unused on Windows` between the doc and the fn
+    source = "/// Try to create a file.\n#[allow(dead_code)] // unused on Windows\npub fn try_create() {\n    x();\n}\n"
+    (only,) = mine_functions("rust", source, "util.rs", 1).functions
+    assert (only.line, only.end_line, only.instruction) == (2, 5, "Try to create a file.")
+    assert only.output.startswith("#[allow(dead_code)] // unused on Windows\npub fn try_create() {")
+
+
 def test_a_comment_trailing_code_on_its_line_is_not_the_next_functions_doc() -> None:
     source = "int n = 0; /** counts calls */\nint next(void) {\n  return ++n;\n}\n"
     assert mine_functions("c", source, "n.c", 1).functions == []

@@ -238,9 +238,20 @@ def _first_attached(anchor: Node, rules: Rules) -> Node:
     """The first of the decorators or attributes right above the declaration, else the declaration."""
     first = anchor
     prev = anchor.prev_named_sibling
-    while prev is not None and prev.type in rules.attached and _end_row(prev) >= first.start_point.row - 1:
-        first, prev = prev, prev.prev_named_sibling
+    while prev is not None and _end_row(prev) >= first.start_point.row - 1:
+        if _comments_attached(prev, rules):
+            prev = prev.prev_named_sibling  # `#[allow(dead_code)] // unused on Windows`
+        elif prev.type in rules.attached:
+            first, prev = prev, prev.prev_named_sibling
+        else:
+            break
     return first
+
+
+def _comments_attached(node: Node, rules: Rules) -> bool:
+    """A comment trailing a decorator or attribute on its line: part of that attribute, not doc, not a break."""
+    code = node.prev_named_sibling
+    return node.type in _COMMENTS and _trails_code(node) and code is not None and code.type in rules.attached
 
 
 def _doc(anchor: Node, rules: Rules) -> str:
@@ -252,7 +263,9 @@ def _doc(anchor: Node, rules: Rules) -> str:
         end = _end_row(prev)
         if end < top - 1:
             break  # a blank line ends what can be doc
-        if (prev.type in rules.attached or _is_overload(prev)) and not group:
+        if _comments_attached(prev, rules) and not group:
+            pass  # the attribute it trails comes next
+        elif (prev.type in rules.attached or _is_overload(prev)) and not group:
             top = prev.start_point.row
         elif prev.type in _COMMENTS and not _trails_code(prev):
             text = _text(prev).rstrip()
