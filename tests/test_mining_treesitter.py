@@ -172,6 +172,16 @@ def test_a_syntax_error_skips_the_function_around_it_and_reports_its_line() -> N
     assert result.error_line == 14
 
 
+def test_an_unexpanded_macro_before_a_cpp_function_does_not_hide_it() -> None:
+    # fmt's style: tree-sitter cannot expand FMT_CONSTEXPR and puts an ERROR before the name; name and body parse
+    source = "/// Free function.\nFMT_CONSTEXPR inline int f(int x) {\n  return x;\n}\n"
+    result = mine_functions("cpp", source, "base.h", 1)
+    assert [(f.symbol, f.line, f.end_line) for f in result.functions] == [("f", 2, 4)]
+    assert result.error_line == 2
+    broken_body = "/// Broken body.\nint g(int x) {\n  return x +;\n}\n"
+    assert mine_functions("cpp", broken_body, "g.cc", 1).functions == []
+
+
 def test_crlf_source_gives_clean_doc_and_output() -> None:
     source = (CODE / "rust/ring.rs").read_text(encoding="utf-8").replace("\n", "\r\n")
     pop = by_symbol(mine_functions("rust", source, "ring.rs", 5).functions)["Ring::pop"]

@@ -18,6 +18,7 @@ the declaration's source is the output. Which comment counts as doc, per languag
 `// NOLINT`) may sit in between; the record's `line` is the first line of the declaration, those included.
 tree-sitter recovers from syntax errors: a function inside (or holding) an ERROR node is skipped, the rest
 of the file is mined, and `MinedFile.error_line` names the first error so the caller can count the file.
+C/C++ have no preprocessor here, so a function whose only errors are macros before its name is kept.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def mine_functions(language: str, source: str, path: str, min_lines: int) -> Min
         doc = _doc(anchor, rules)
         first = _first_attached(anchor, rules)
         line, end_line = first.start_point.row + 1, node.end_point.row + 1
-        if not doc or end_line - line + 1 < min_lines or _in_error(node):
+        if not doc or end_line - line + 1 < min_lines or _in_error(node, rules):
             continue
         indent = lines[line - 1][: first.start_point.column]
         output = _block(lines, line, end_line, indent if not indent.strip() else "")
@@ -314,8 +315,8 @@ def _clean_lines(group: list[str]) -> str:
     return textwrap.dedent("\n".join(lines)).strip()
 
 
-def _in_error(node: Node) -> bool:
-    if node.has_error:
+def _in_error(node: Node, rules: Rules) -> bool:
+    if node.has_error and not _only_macro_errors(node, rules):
         return True
     parent = node.parent
     while parent is not None:
@@ -323,6 +324,17 @@ def _in_error(node: Node) -> bool:
             return True
         parent = parent.parent
     return False
+
+
+def _only_macro_errors(node: Node, rules: Rules) -> bool:
+    """C/C++: the only errors are in the specifiers before the name, where a macro the parser cannot expand
+    sits (`FMT_CONSTEXPR void f()`, `API_EXPORT int g()`); the name and body parsed, so the function is kept."""
+    if rules.grammar not in ("c", "cpp"):
+        return False
+    declarator, body = node.child_by_field_name("declarator"), node.child_by_field_name("body")
+    if declarator is None or body is None or declarator.has_error or body.has_error:
+        return False
+    return all(child.type == "ERROR" or not child.has_error for child in node.children)
 
 
 def _symbol(node: Node, rules: Rules) -> str:
