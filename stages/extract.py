@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import articles, mining, mining_treesitter
+from stages.lib import articles, mining, mining_rules, mining_treesitter
 from stages.lib.articles import chunk_article
 from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_json, write_parquet
 from stages.lib.params import load_params, require, section_config
@@ -140,7 +140,7 @@ def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[st
 def code_records(source: str, raw: bytes, cfg: ExtractConfig, counts: Counter[str]) -> list[dict[str, Any]]:
     text = decode_text(source, raw)
     language = code_language(source, text)
-    if language in mining_treesitter.RULES:
+    if language in mining_rules.RULES:
         mined = mining_treesitter.mine_functions(language, text, source, cfg.code.min_lines)
         if mined.error_line is not None:  # tree-sitter recovered: the functions around the error are kept
             log.warning("extract: %s:%d: %s syntax error; functions in it skipped", source, mined.error_line, language)
@@ -175,7 +175,7 @@ def code_records(source: str, raw: bytes, cfg: ExtractConfig, counts: Counter[st
 
 def code_language(source: str, text: str) -> str:
     suffix = Path(source).suffix.lower()
-    return mining_treesitter.header_language(text) if suffix == ".h" else mining.LANGUAGES[suffix]
+    return mining_rules.header_language(text) if suffix == ".h" else mining.LANGUAGES[suffix]
 
 
 def is_generated_code(source: str, text: str) -> bool:
@@ -183,7 +183,7 @@ def is_generated_code(source: str, text: str) -> bool:
         return mining.is_generated_go(text)
     if source.endswith(".py"):
         return False  # no marker convention is checked for Python yet
-    return mining_treesitter.is_generated(text, source)
+    return mining_rules.is_generated(text, source)
 
 
 # ---------------------------------------------------------------- bring-your-own pairs

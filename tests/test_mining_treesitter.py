@@ -1,4 +1,4 @@
-"""Tests for stages/lib/mining_treesitter.py on real-world-shaped fixtures under tests/fixtures/code/."""
+"""Tests for stages/lib/mining_treesitter.py and mining_rules.py on real-world-shaped fixtures under tests/fixtures/code/."""
 
 # ruff: noqa: E501  (the expected doc texts read best as one literal each)
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from stages.lib.mining import CodeFunction
-from stages.lib.mining_treesitter import header_language, is_generated, mine_functions
+from stages.lib.mining_rules import header_language, is_generated
+from stages.lib.mining_treesitter import mine_functions
 
 CODE = Path(__file__).parent / "fixtures" / "code"
 JAVA = "java/src/main/java/dev/loradag/ratelimit/TokenBucket.java"

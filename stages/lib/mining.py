@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tree_sitter import Node, Parser
 
-# File suffix -> language. A `.h` header is C or C++ by its content (mining_treesitter.header_language).
+# File suffix -> language. A `.h` header is C or C++ by its content (mining_rules.header_language).
 # fmt: off
 LANGUAGES = {
     ".go": "go", ".py": "python",

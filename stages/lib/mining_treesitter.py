@@ -1,21 +1,10 @@
 """Mine documented functions from TypeScript, JavaScript, Rust, Java, C and C++ with tree-sitter grammars.
 
 Same record as Go and Python (`mining.CodeFunction`): the doc comment, markers stripped, is the instruction;
-the declaration's source is the output. Which comment counts as doc, per language, as its doc tool reads it:
-- TypeScript / JavaScript (JSDoc, TypeDoc): a `/** */` block above a function declaration, a class or
-  object-literal method (constructor, getter, setter, static, async, generator), or a `const`/`let`/`var`
-  (or class field) holding an arrow function or function expression. Overload signatures, abstract and
-  ambient declarations have no body and are not mined; the doc above the first overload documents the
-  implementation that follows the overloads, as TypeDoc shows it.
-- Rust (rustdoc): outer doc comments, `///` lines or a `/** */` block, above a `fn`, in `impl` blocks and
-  trait default methods included; `//!` and `/*! */` document the enclosing module, not the function.
-- Java (javadoc): a `/** */` block above a method or constructor with a body.
-- C / C++ (Doxygen): a `/** */` or `/*! */` block or a run of `///` or `//!` lines above a function
-  definition (C++: in classes, namespaces and templates too, and out-of-class `Type::method` definitions);
-  the trailing member forms `///<`, `//!<`, `/**<` document what precedes them.
-"Directly above" as for Go: no blank line between the doc and the declaration. Decorators, attributes
-(`#[...]`), annotations, `export`, `pub`, `template<...>` and plain `//` comments (`// eslint-disable-line`,
-`// NOLINT`) may sit in between; the record's `line` is the first line of the declaration, those included.
+the declaration's source is the output. Which comment counts as doc in each language, and how names qualify,
+is `mining_rules.RULES` (documented there). "Directly above" as for Go: no blank line between the doc and
+the declaration; decorators, attributes, annotations and plain `//` comments may sit in between, and the
+record's `line` is the first line of the declaration, those included.
 tree-sitter recovers from syntax errors: a function inside (or holding) an ERROR node is skipped, the rest
 of the file is mined, and `MinedFile.error_line` names the first error so the caller can count the file.
 C/C++ have no preprocessor here, so a function whose only errors are macros before its name is kept.
@@ -26,121 +15,14 @@ from __future__ import annotations
 import functools
 import re
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stages.lib.mining import CodeFunction, _block, _first_error, _order, _source_lines
+from stages.lib.mining_rules import COMMENTS, NOT_DOC, RULES, Rules, grammar_for, node_text, strip_generics
 
 if TYPE_CHECKING:
     from tree_sitter import Node, Parser
-
-
-@dataclass(frozen=True)
-class Rules:
-    """How one language declares functions, attaches doc comments and qualifies names."""
-
-    grammar: str
-    functions: frozenset[str]  # node types that define a function (a `body` field marks a definition)
-    wrappers: frozenset[str]  # parents that still belong to the declaration (`export`, `template<>`, `const x =`)
-    attached: frozenset[str]  # siblings between doc and declaration (decorators, attributes)
-    scopes: dict[str, Callable[[Node], str | None]]  # node type -> the name it adds to a qualified symbol
-    separator: str
-    block_docs: tuple[str, ...]  # openers of doc block comments
-    line_docs: tuple[str, ...]  # prefixes of doc line comments
-
-
-_COMMENTS = frozenset({"comment", "line_comment", "block_comment"})
-_NOT_DOC = ("///<", "//!<", "/**<", "/*!<", "////", "/**/", "/***")
-
-
-def _field(name: str) -> Callable[[Node], str | None]:
-    def read(node: Node) -> str | None:
-        child = node.child_by_field_name(name)
-        return _text(child) if child is not None else None
-
-    return read
-
-
-def _object_owner(node: Node) -> str | None:
-    """`const api = { get() {...} }` qualifies `get` as `api.get`; other object literals add nothing."""
-    parent = node.parent
-    return _field("name")(parent) if parent is not None and parent.type == "variable_declarator" else None
-
-
-def _impl_type(node: Node) -> str | None:
-    """`impl<T> Stack<T>` and `impl Display for Stack<T>` both name `Stack` (how a caller writes Stack::push)."""
-    kind = node.child_by_field_name("type")
-    while kind is not None and kind.type in ("reference_type", "pointer_type"):
-        kind = kind.child_by_field_name("type")  # `impl Trait for &Stack` documents Stack's method
-    return _text(kind) if kind is not None else None
-
-
-_JS_SCOPES = {"class_declaration": _field("name"), "class": _field("name"), "object": _object_owner}
-_TS_SCOPES = _JS_SCOPES | {"abstract_class_declaration": _field("name"), "internal_module": _field("name")}
-_JAVA_CLASS = ("class_declaration", "interface_declaration", "enum_declaration", "record_declaration")
-_CPP_CLASS = ("namespace_definition", "class_specifier", "struct_specifier", "union_specifier")
-_JS_FUNCTIONS = frozenset(
-    {"function_declaration", "generator_function_declaration", "method_definition", "arrow_function"}
-    | {"function_expression", "generator_function"}
-)
-_JS_WRAPPERS = frozenset(
-    {"export_statement", "variable_declarator", "lexical_declaration", "variable_declaration"}
-    | {"field_definition", "public_field_definition"}
-)
-
-
-def _js(grammar: str, scopes: dict[str, Callable[[Node], str | None]]) -> Rules:
-    return Rules(grammar, _JS_FUNCTIONS, _JS_WRAPPERS, frozenset({"decorator"}), scopes, ".", ("/**",), ())
-
-
-_C_DOCS = (("/**", "/*!"), ("///", "//!"))
-RULES = {
-    "typescript": _js("typescript", _TS_SCOPES),
-    "tsx": _js("tsx", _TS_SCOPES),
-    "javascript": _js("javascript", _JS_SCOPES),
-    "rust": Rules(
-        "rust",
-        frozenset({"function_item"}),
-        frozenset(),
-        frozenset({"attribute_item"}),
-        {"impl_item": _impl_type, "trait_item": _field("name"), "mod_item": _field("name")},
-        "::",
-        ("/**",),
-        ("///",),
-    ),
-    "java": Rules(
-        "java",
-        frozenset({"method_declaration", "constructor_declaration", "compact_constructor_declaration"}),
-        frozenset(),
-        frozenset(),
-        dict.fromkeys(_JAVA_CLASS, _field("name")),
-        ".",
-        ("/**",),
-        (),
-    ),
-    "c": Rules("c", frozenset({"function_definition"}), frozenset(), frozenset(), {}, "::", *_C_DOCS),
-    "cpp": Rules(
-        "cpp",
-        frozenset({"function_definition"}),
-        frozenset({"template_declaration"}),
-        frozenset(),
-        dict.fromkeys(_CPP_CLASS, _field("name")),
-        "::",
-        *_C_DOCS,
-    ),
-}
-
-# Markers that tools write into the header of files they generate (Go's convention is used well beyond Go).
-_GENERATED = re.compile(
-    r"@generated\b|\bCode generated\b.*\bDO NOT EDIT\b|<auto-generated|\bautomatically generated by\b|\bDO NOT EDIT\b"
-)
-# C++-only syntax that makes a `.h` header C++ (as GitHub linguist decides), else it is C.
-_CPP_HEADER = re.compile(
-    r"^\s*(?:namespace\b|template\s*<|class\s+\w+[^;]*$|using\s+namespace\b|public:|private:|protected:)"
-    r"|^\s*#\s*include\s*<(?:iostream|string|vector|memory|map|cstdint|cstddef|utility|algorithm)>",
-    re.M,
-)
 
 
 @dataclass(frozen=True)
@@ -149,29 +31,6 @@ class MinedFile:
 
     functions: list[CodeFunction]
     error_line: int | None
-
-
-def header_language(source: str) -> str:
-    """`cpp` for a `.h` file with C++-only syntax (namespace, template, class, access labels), else `c`."""
-    return "cpp" if _CPP_HEADER.search(source) else "c"
-
-
-def is_generated(source: str, path: str) -> bool:
-    """True for minified bundles and for files whose leading comments carry a generator's marker."""
-    if path.endswith((".min.js", ".min.mjs", ".min.cjs")):
-        return True
-    for raw in source.split("\n")[:50]:
-        line = raw.strip()
-        if line and not line.startswith(("//", "/*", "*", "#!")):
-            return False  # the first line of code: markers only count in the header above it
-        if _GENERATED.search(line):
-            return True
-    return False
-
-
-def grammar_for(language: str, path: str) -> str:
-    """The tree-sitter grammar for a file: `.tsx` files need the TSX grammar (JSX inside TypeScript)."""
-    return "tsx" if language == "typescript" and path.endswith(".tsx") else language
 
 
 def mine_functions(language: str, source: str, path: str, min_lines: int) -> MinedFile:
@@ -252,7 +111,7 @@ def _first_attached(anchor: Node, rules: Rules) -> Node:
 def _comments_attached(node: Node, rules: Rules) -> bool:
     """A comment trailing a decorator or attribute on its line: part of that attribute, not doc, not a break."""
     code = node.prev_named_sibling
-    return node.type in _COMMENTS and _trails_code(node) and code is not None and code.type in rules.attached
+    return node.type in COMMENTS and _trails_code(node) and code is not None and code.type in rules.attached
 
 
 def _doc(anchor: Node, rules: Rules) -> str:
@@ -268,11 +127,11 @@ def _doc(anchor: Node, rules: Rules) -> str:
             pass  # the attribute it trails comes next
         elif (prev.type in rules.attached or _is_overload(prev)) and not group:
             top = prev.start_point.row
-        elif prev.type in _COMMENTS and not _trails_code(prev):
-            text = _text(prev).rstrip()
-            if text.startswith(rules.block_docs) and not text.startswith(_NOT_DOC):
+        elif prev.type in COMMENTS and not _trails_code(prev):
+            text = node_text(prev).rstrip()
+            if text.startswith(rules.block_docs) and not text.startswith(NOT_DOC):
                 return _clean_block(text) if not group else _clean_lines(group)
-            if text.startswith(rules.line_docs) and not text.startswith(_NOT_DOC):
+            if text.startswith(rules.line_docs) and not text.startswith(NOT_DOC):
                 group.insert(0, text)
             elif group:
                 break  # a plain comment ends a run of `///` lines
@@ -293,13 +152,13 @@ def _is_overload(node: Node) -> bool:
 
 def _end_row(node: Node) -> int:
     # Rust line comments end after their newline; count the rows of the text instead.
-    return node.start_point.row + _text(node).rstrip("\n").count("\n")
+    return node.start_point.row + node_text(node).rstrip("\n").count("\n")
 
 
 def _trails_code(comment: Node) -> bool:
     """A comment on the same line as the code before it belongs to that code (`int n; /** count */`)."""
     prev = comment.prev_named_sibling  # named: an opening `{` on the same line is not code before it
-    return prev is not None and prev.type not in _COMMENTS and _end_row(prev) == comment.start_point.row
+    return prev is not None and prev.type not in COMMENTS and _end_row(prev) == comment.start_point.row
 
 
 def _clean_block(text: str) -> str:
@@ -345,7 +204,7 @@ def _symbol(node: Node, rules: Rules) -> str:
         namer = rules.scopes.get(parent.type)
         name = namer(parent) if namer is not None else None
         if name:
-            parts.insert(0, _strip_generics(name))
+            parts.insert(0, strip_generics(name))
         parent = parent.parent
     return rules.separator.join(parts)
 
@@ -353,12 +212,12 @@ def _symbol(node: Node, rules: Rules) -> str:
 def _own_name(node: Node) -> str:
     name = node.child_by_field_name("name")
     if name is not None:
-        return _text(name)
+        return node_text(name)
     holder = _holder(node)
     if holder is not None:
         key = holder.child_by_field_name("name") or holder.child_by_field_name("property")
         if key is not None:
-            return _text(key)
+            return node_text(key)
     declarator = node.child_by_field_name("declarator")
     while declarator is not None and declarator.type != "function_declarator":
         # through `*`, `&` and parentheses: a reference declarator holds its inner declarator unnamed
@@ -367,21 +226,5 @@ def _own_name(node: Node) -> str:
     if declarator is not None:
         inner = declarator.child_by_field_name("declarator")
         if inner is not None:
-            return _strip_generics(" ".join(_text(inner).split()))
+            return strip_generics(" ".join(node_text(inner).split()))
     return "<anonymous>"  # `export default function () {}`
-
-
-def _strip_generics(name: str) -> str:
-    """`ns::Stack<T>::push` -> `ns::Stack::push`; `operator<` keeps its angle bracket."""
-    if "operator" in name:
-        head, _, op = name.partition("operator")
-        return _strip_generics(head) + "operator" + op if head else name
-    previous = None
-    while previous != name:
-        previous, name = name, re.sub(r"<[^<>]*>", "", name)
-    return name
-
-
-def _text(node: Node) -> str:
-    assert node.text is not None, "nodes of a parsed tree carry their text"
-    return node.text.decode("utf-8")
