@@ -1,8 +1,9 @@
 """Stage `extract`: raw inputs under `extract.root` -> one Parquet table of records.
 
 `extract.kind` picks the input:
-- `articles`: .md/.markdown/.txt/.html files, markup stripped, cut into overlapping word windows;
-- `code`: documented Go (tree-sitter) and Python (`ast`) functions of at least `code.min_lines` lines;
+- `articles`: .md/.markdown/.txt/.html/.pdf/.docx files, markup stripped, cut into overlapping word windows;
+- `code`: documented functions of at least `code.min_lines` lines in `code.languages` (Go, Python, TypeScript,
+  JavaScript, Rust, Java, C, C++);
 - `pairs`: bring-your-own JSONL ({instruction, input?, output} | {question, answer} | {messages}).
 
 Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.parquet` and
@@ -11,9 +12,7 @@ Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.pa
 
 from __future__ import annotations
 
-import html
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +20,29 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import mining
+from stages.lib import articles, mining, mining_rules, mining_treesitter
+from stages.lib.articles import chunk_article
 from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_json, write_parquet
 from stages.lib.params import load_params, require, section_config
 
 OUT = Path("data/extract/records.parquet")
 METRICS = Path("metrics/extract.json")
 
-ARTICLE_SUFFIXES = (".md", ".markdown", ".txt", ".html")
+ARTICLE_SUFFIXES = articles.SUFFIXES
 PAIR_SUFFIXES = (".jsonl",)
 SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "vendored", "generated", "outside_root", "unreadable")
 
 PROVENANCE = {"id": pl.String, "kind": pl.String, "source": pl.String, "source_sha256": pl.String}
 SCHEMAS = {
     "articles": PROVENANCE
-    | {"chunk_index": pl.Int32, "char_start": pl.Int64, "char_end": pl.Int64, "n_words": pl.Int32, "text": pl.String},
+    | {
+        "chunk_index": pl.Int32,
+        "page": pl.Int32,
+        "char_start": pl.Int64,
+        "char_end": pl.Int64,
+        "n_words": pl.Int32,
+        "text": pl.String,
+    },
     "code": PROVENANCE
     | {
         "path": pl.String,
@@ -90,53 +97,22 @@ class BadInput(UserError):
 
 # ---------------------------------------------------------------- articles
 
-FRONT_MATTER = re.compile(r"\A(?:---|\+\+\+)\n.*?\n(?:---|\+\+\+)\n", re.S)
-FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~).*$", re.M)
-HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.S | re.I)
-HTML_BLOCK = re.compile(r"</?(?:p|div|h[1-6]|li|ul|ol|pre|br|tr|table|section|article|blockquote)\b[^>]*>", re.I)
-INLINE_CODE = re.compile(r"<code\b[^>]*>([^<\n]*)</code>", re.I)  # keep `backticks`: they mark commands and flags
-TAG = re.compile(r"<[^>]+>")
-
-
-def clean_article(raw: str, suffix: str) -> str:
-    """Strip front matter, code-fence markers and HTML tags; keep the words and paragraph breaks."""
-    text = raw.replace("\r\n", "\n").replace("\r", "\n")
-    text = FRONT_MATTER.sub("", text, count=1)
-    if suffix == ".html":
-        text = HTML_DROP.sub(" ", text)
-        text = INLINE_CODE.sub(r"`\1`", text)
-        text = HTML_BLOCK.sub("\n\n", text)
-    else:
-        text = FENCE_LINE.sub("", text)
-    text = html.unescape(TAG.sub("", text)) if suffix in (".html", ".md", ".markdown") else text
-    lines = [line.strip() if suffix == ".html" else line.rstrip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def chunk_article(text: str, chunk_words: int, overlap_words: int) -> list[tuple[int, int, int]]:
-    """Overlapping word windows as (char_start, char_end, n_words) spans of `text`.
-
-    Windows start every `chunk_words - overlap_words` words; the last one ends at the last word,
-    and a text shorter than one window is a single chunk.
-    """
-    words = [m.span() for m in re.finditer(r"\S+", text)]
-    if not words:
-        return []
-    step = chunk_words - overlap_words
-    spans = []
-    start = 0
-    while True:
-        end = min(start + chunk_words, len(words))
-        spans.append((words[start][0], words[end - 1][1], end - start))
-        if end == len(words):
-            return spans
-        start += step
-
 
 def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[str, Any]]:
-    text = clean_article(decode_text(source, raw), Path(source).suffix.lower())
+    suffix = Path(source).suffix.lower()
+    page_starts: list[int] = []
+    try:
+        if suffix == ".pdf":
+            text, page_starts = articles.pdf_text(raw)
+        elif suffix == ".docx":
+            text = articles.docx_text(raw)
+        else:
+            text = articles.clean_article(decode_text(source, raw), suffix)
+    except articles.BadArticle as err:
+        raise BadInput(source, err.reason, str(err)) from err
     if not text:
-        raise BadInput(source, "empty", "no text left after stripping markup")
+        hint = " (a scanned PDF has no text layer: run OCR first)" if suffix == ".pdf" else ""
+        raise BadInput(source, "empty", "no text left after stripping markup" + hint)
     digest = sha256_bytes(raw)
     records = []
     for i, (start, end, n_words) in enumerate(chunk_article(text, cfg.chunk_words, cfg.overlap_words)):
@@ -148,6 +124,7 @@ def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[st
                 "source": source,
                 "source_sha256": digest,
                 "chunk_index": i,
+                "page": articles.page_of(start, page_starts) if page_starts else None,
                 "char_start": start,
                 "char_end": end,
                 "n_words": n_words,
@@ -160,16 +137,23 @@ def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[st
 # ---------------------------------------------------------------- code
 
 
-def code_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[str, Any]]:
+def code_records(source: str, raw: bytes, cfg: ExtractConfig, counts: Counter[str]) -> list[dict[str, Any]]:
     text = decode_text(source, raw)
-    language = mining.LANGUAGES[Path(source).suffix]
-    try:
-        if language == "go":
-            found = mining.mine_go_functions(text, source, cfg.code.min_lines)
-        else:
-            found = mining.mine_python_functions(text, source, cfg.code.min_lines)
-    except mining.CodeParseError as err:
-        raise BadInput(f"{source}:{err.line}", "parse_error", "does not parse as " + language) from err
+    language = code_language(source, text)
+    if language in mining_rules.RULES:
+        mined = mining_treesitter.mine_functions(language, text, source, cfg.code.min_lines)
+        if mined.error_line is not None:  # tree-sitter recovered: the functions around the error are kept
+            log.warning("extract: %s:%d: %s syntax error; functions in it skipped", source, mined.error_line, language)
+            counts["partially_parsed"] += 1
+        found = mined.functions
+    else:
+        try:
+            if language == "go":
+                found = mining.mine_go_functions(text, source, cfg.code.min_lines)
+            else:
+                found = mining.mine_python_functions(text, source, cfg.code.min_lines)
+        except mining.CodeParseError as err:
+            raise BadInput(f"{source}:{err.line}", "parse_error", "does not parse as " + language) from err
     digest = sha256_bytes(raw)
     return [
         {
@@ -187,6 +171,19 @@ def code_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[str, 
         }
         for fn in found
     ]
+
+
+def code_language(source: str, text: str) -> str:
+    suffix = Path(source).suffix.lower()
+    return mining_rules.header_language(text) if suffix == ".h" else mining.LANGUAGES[suffix]
+
+
+def is_generated_code(source: str, text: str) -> bool:
+    if source.endswith(".go"):
+        return mining.is_generated_go(text)
+    if source.endswith(".py"):
+        return False  # no marker convention is checked for Python yet
+    return mining_rules.is_generated(text, source)
 
 
 # ---------------------------------------------------------------- bring-your-own pairs
@@ -290,6 +287,7 @@ def input_files(root: Path, kind: str, cfg: ExtractConfig) -> list[Path]:
         suffixes = PAIR_SUFFIXES
     else:
         suffixes = tuple(s for s, lang in mining.LANGUAGES.items() if lang in cfg.code.languages)
+        suffixes += (".h",) if "cpp" in cfg.code.languages else ()  # a header is C or C++ by its content
     real_root = root.resolve()
     # rglob does not descend into folder links; one leading outside is listed so that extract refuses it by name
     return sorted(
@@ -325,13 +323,14 @@ def file_records(path: Path, source: str, real_root: Path, cfg: ExtractConfig, s
     if cfg.kind == "code" and mining.is_vendored(source):
         skipped["vendored"] += 1
         return []
-    if cfg.kind == "code" and path.suffix == ".go" and mining.is_generated_go(raw.decode("utf-8", "replace")):
+    # utf-8-sig: a byte-order mark must not hide the generated-file marker on the first line
+    if cfg.kind == "code" and is_generated_code(source, raw.decode("utf-8-sig", "replace")):
         skipped["generated"] += 1
         return []
     if cfg.kind == "articles":
         return article_records(source, raw, cfg)
     if cfg.kind == "code":
-        return code_records(source, raw, cfg)
+        return code_records(source, raw, cfg, skipped)
     return pair_records(source, raw, cfg, skipped)
 
 
@@ -355,6 +354,7 @@ def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int
     table = pl.DataFrame(records, schema=SCHEMAS[cfg.kind])
     counts = {"files": len(files), "records": table.height}
     counts |= {f"skipped_{reason}": skipped[reason] for reason in SKIP_REASONS}
+    counts["partially_parsed"] = skipped["partially_parsed"]  # code files mined around a syntax error
     return table, counts
 
 

@@ -37,7 +37,16 @@ REQUIRED = {
     "code": ("id", "source", "source_sha256", "line", "symbol", "language", "instruction", "output"),
     "pair": ("id", "source", "source_sha256", "line", "instruction", "input", "output"),
 }
-LANGUAGE_NAMES = {"go": "Go", "python": "Python"}
+LANGUAGE_NAMES = {  # how a code question names the record's language
+    "go": "Go",
+    "python": "Python",
+    "typescript": "TypeScript",
+    "javascript": "JavaScript",
+    "rust": "Rust",
+    "java": "Java",
+    "c": "C",
+    "cpp": "C++",
+}
 
 
 @dataclass(frozen=True)

@@ -137,12 +137,20 @@ def contains_phrase(text: str, words: list[str]) -> bool:
     return re.search(pattern, text, re.I) is not None
 
 
+def own_name(symbol: str) -> str:
+    """A function's own name in its qualified symbol: `Ring::push` -> `push`, `Queue.[Symbol.iterator]` keeps
+    the computed key `[Symbol.iterator]`; that name, not the qualified path, is what the code spells out."""
+    if symbol.endswith("]") and "[" in symbol:
+        return symbol[symbol.rindex("[") :]
+    return re.split(r"::|\.", symbol)[-1]
+
+
 def ungrounded_terms(kind: str | None, answer: str | None, context: str | None, symbol: str | None) -> str | None:
     """What an answer states that its source does not hold, or None (grounded, or a kind not checked)."""
     if kind == "article" and answer:
         return ", ".join(article_gaps(answer, context or "")) or None
     if kind == "code":
-        name = (symbol or "").rsplit(".", 1)[-1]
+        name = own_name(symbol or "")
         found = name and (contains_phrase(answer or "", [name]) or contains_phrase(context or "", [name]))
         return None if found else f"symbol {symbol!r}"
     return None  # bring-your-own pairs have no source text to check against

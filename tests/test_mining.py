@@ -267,7 +267,11 @@ def test_is_vendored_matches_whole_path_components(path: str, expected: bool) ->
 
 
 def test_languages_map_extensions() -> None:
-    assert LANGUAGES == {".go": "go", ".py": "python"}
+    assert LANGUAGES[".go"] == "go" and LANGUAGES[".py"] == "python"
+    assert {LANGUAGES[s] for s in (".ts", ".tsx", ".mts", ".cts")} == {"typescript"}
+    assert {LANGUAGES[s] for s in (".js", ".jsx", ".mjs", ".cjs")} == {"javascript"}
+    assert (LANGUAGES[".rs"], LANGUAGES[".java"], LANGUAGES[".c"], LANGUAGES[".h"]) == ("rust", "java", "c", "c")
+    assert {LANGUAGES[s] for s in (".cc", ".cpp", ".cxx", ".hpp", ".hh", ".hxx")} == {"cpp"}
 
 
 def test_python_nested_deeper_than_the_parser_holds_is_a_parse_error() -> None:

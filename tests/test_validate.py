@@ -302,3 +302,19 @@ def test_an_expectation_gx_cannot_evaluate_raises_instead_of_passing(context: An
     without_grounding = validate.derive_columns(frame(GOOD), grounding=False)  # no ungrounded_terms column
     with pytest.raises(RuntimeError, match="GX expectation grounded crashed"):
         validate.run_suite(without_grounding, suite, context)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "code"),
+    [
+        ("Stack.Push", "func (s *Stack) Push(x int) {\n}"),
+        ("Ring::push", "pub fn push(&mut self, item: T) -> Option<T> {\n}"),
+        ("linalg::Matrix::transposed", "template <typename T>\nMatrix<T> Matrix<T>::transposed() const {\n}"),
+        ("linalg::operator<<", "std::ostream& operator<<(std::ostream& os, const Matrix<double>& m) {\n}"),
+        ("CallQueue.[Symbol.iterator]", "*[Symbol.iterator]() {\n}"),
+        ("TokenBucket.Stats.denialRate", "public double denialRate() {\n}"),
+    ],
+)
+def test_a_qualified_code_symbol_is_grounded_by_its_own_name(symbol: str, code: str) -> None:
+    assert ungrounded_terms("code", code, code, symbol) is None
+    assert ungrounded_terms("code", "func other() {}", "func other() {}", symbol) == f"symbol {symbol!r}"

@@ -2,6 +2,7 @@
 
 Pure functions over source text; the `extract` stage walks the tree, reads the files and calls these.
 Go is parsed with tree-sitter and read the way `go/ast` sees it (FuncDecl.Doc); Python with `ast`.
+TypeScript, JavaScript, Rust, Java, C and C++ are mined by `mining_treesitter` into the same record.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tree_sitter import Node, Parser
 
-LANGUAGES = {".go": "go", ".py": "python"}
+# File suffix -> language. A `.h` header is C or C++ by its content (mining_rules.header_language).
+# fmt: off
+LANGUAGES = {
+    ".go": "go", ".py": "python",
+    ".ts": "typescript", ".tsx": "typescript", ".mts": "typescript", ".cts": "typescript",
+    ".js": "javascript", ".jsx": "javascript", ".mjs": "javascript", ".cjs": "javascript",
+    ".rs": "rust", ".java": "java", ".c": "c", ".h": "c",
+    ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp",
+}
+# fmt: on
 
 # https://go.dev/s/generatedcode
 _GENERATED_GO = re.compile(r"^// Code generated .* DO NOT EDIT\.$")
