@@ -2,7 +2,7 @@
 
 `extract.kind` picks the input:
 - `articles`: .md/.markdown/.txt/.html files, markup stripped, cut into overlapping word windows;
-- `code`: documented Go (tree-sitter) and Python (`ast`) functions of at least `code.min_lines` lines;
+- `code`: documented Go (Go's own go/ast) and Python (`ast`) functions of at least `code.min_lines` lines;
 - `pairs`: bring-your-own JSONL ({instruction, input?, output} | {question, answer} | {messages}).
 
 Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.parquet` and
@@ -88,6 +88,8 @@ class BadInput(UserError):
         self.reason = reason
 
 
+Outcome = list[dict[str, Any]] | BadInput  # one input file: its records, or why it cannot be used
+
 # ---------------------------------------------------------------- articles
 
 FRONT_MATTER = re.compile(r"\A(?:---|\+\+\+)\n.*?\n(?:---|\+\+\+)\n", re.S)
@@ -160,33 +162,56 @@ def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[st
 # ---------------------------------------------------------------- code
 
 
-def code_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[str, Any]]:
-    text = decode_text(source, raw)
-    language = mining.LANGUAGES[Path(source).suffix]
-    try:
-        if language == "go":
-            found = mining.mine_go_functions(text, source, cfg.code.min_lines)
+def code_outcomes(root: Path, files: list[Path], cfg: ExtractConfig, skipped: Counter[str]) -> list[Outcome]:
+    """Per code file, in order, its records or why it cannot be used; one batch mines all the texts."""
+    real_root = root.resolve()
+    outcomes: dict[str, Outcome] = {}
+    texts: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    for path in files:
+        source = path.relative_to(root).as_posix()
+        try:
+            raw = read_inside(path, source, real_root)
+            reason = code_skip_reason(source, raw)
+            if reason:
+                skipped[reason] += 1
+                outcomes[source] = []
+                continue
+            texts[source], digests[source] = decode_text(source, raw), sha256_bytes(raw)
+        except BadInput as bad:
+            outcomes[source] = bad
+    for source, found in mining.mine_sources(texts, cfg.code.min_lines).items():
+        if isinstance(found, mining.CodeParseError):
+            detail = f"does not parse as {mining.language_of(source)} ({found.reason})"
+            outcomes[source] = BadInput(f"{source}:{found.line}", "parse_error", detail)
         else:
-            found = mining.mine_python_functions(text, source, cfg.code.min_lines)
-    except mining.CodeParseError as err:
-        raise BadInput(f"{source}:{err.line}", "parse_error", "does not parse as " + language) from err
-    digest = sha256_bytes(raw)
-    return [
-        {
-            "id": stable_id(source, fn.symbol, fn.line, fn.output),
-            "kind": "code",
-            "source": source,
-            "source_sha256": digest,
-            "path": fn.path,
-            "symbol": fn.symbol,
-            "line": fn.line,
-            "end_line": fn.end_line,
-            "language": fn.language,
-            "instruction": fn.instruction,
-            "output": fn.output,
-        }
-        for fn in found
-    ]
+            outcomes[source] = [code_record(fn, digests[source]) for fn in found]
+    return [outcomes[path.relative_to(root).as_posix()] for path in files]
+
+
+def code_skip_reason(source: str, raw: bytes) -> str | None:
+    """Why a code file is not ours to mine (vendored, generated), or None."""
+    if mining.is_vendored(source):
+        return "vendored"
+    if source.endswith(".go") and mining.is_generated_go(raw.decode("utf-8", "replace")):
+        return "generated"
+    return None
+
+
+def code_record(fn: mining.CodeFunction, digest: str) -> dict[str, Any]:
+    return {
+        "id": stable_id(fn.path, fn.symbol, fn.line, fn.output),
+        "kind": "code",
+        "source": fn.path,
+        "source_sha256": digest,
+        "path": fn.path,
+        "symbol": fn.symbol,
+        "line": fn.line,
+        "end_line": fn.end_line,
+        "language": fn.language,
+        "instruction": fn.instruction,
+        "output": fn.output,
+    }
 
 
 # ---------------------------------------------------------------- bring-your-own pairs
@@ -320,19 +345,24 @@ def read_inside(path: Path, source: str, real_root: Path) -> bytes:
 
 
 def file_records(path: Path, source: str, real_root: Path, cfg: ExtractConfig, skipped: Counter[str]) -> list[Any]:
-    """The records of one input file; raises BadInput for a file that cannot be used."""
+    """The records of one article or pairs file; raises BadInput for a file that cannot be used."""
     raw = read_inside(path, source, real_root)
-    if cfg.kind == "code" and mining.is_vendored(source):
-        skipped["vendored"] += 1
-        return []
-    if cfg.kind == "code" and path.suffix == ".go" and mining.is_generated_go(raw.decode("utf-8", "replace")):
-        skipped["generated"] += 1
-        return []
     if cfg.kind == "articles":
         return article_records(source, raw, cfg)
-    if cfg.kind == "code":
-        return code_records(source, raw, cfg)
     return pair_records(source, raw, cfg, skipped)
+
+
+def file_outcomes(root: Path, files: list[Path], cfg: ExtractConfig, skipped: Counter[str]) -> list[Outcome]:
+    """Per input file, in order, its records or why it cannot be used."""
+    if cfg.kind == "code":
+        return code_outcomes(root, files, cfg, skipped)
+    outcomes: list[Outcome] = []
+    for path in files:
+        try:
+            outcomes.append(file_records(path, path.relative_to(root).as_posix(), root.resolve(), cfg, skipped))
+        except BadInput as bad:
+            outcomes.append(bad)
+    return outcomes
 
 
 def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -342,14 +372,14 @@ def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int
     files = input_files(root, cfg.kind, cfg)
     records: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
-    for path in files:
-        try:
-            records += file_records(path, path.relative_to(root).as_posix(), root.resolve(), cfg, skipped)
-        except BadInput as bad:
-            if cfg.on_bad_file == "error":
-                raise UserError(f"{root.as_posix()}/{bad} (or set extract.on_bad_file: skip)") from bad
-            log.warning("extract: skipped %s/%s", root.as_posix(), bad)
-            skipped[bad.reason] += 1
+    for outcome in file_outcomes(root, files, cfg, skipped):
+        if not isinstance(outcome, BadInput):
+            records += outcome
+        elif cfg.on_bad_file == "error":
+            raise UserError(f"{root.as_posix()}/{outcome} (or set extract.on_bad_file: skip)") from outcome
+        else:
+            log.warning("extract: skipped %s/%s", root.as_posix(), outcome)
+            skipped[outcome.reason] += 1
     if not records:
         raise UserError(f"extract.root: no {cfg.kind} records found under {root}")
     table = pl.DataFrame(records, schema=SCHEMAS[cfg.kind])

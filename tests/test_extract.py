@@ -126,6 +126,32 @@ def test_broken_code_errors_with_file_and_line_or_is_skipped(tmp_path: Path) -> 
     assert table["symbol"].to_list() == ["f"] and counts["skipped_parse_error"] == 2
 
 
+def test_go_code_of_recent_releases_is_mined_and_a_broken_file_named_or_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    shutil.copytree(FIXTURES / "code_go", root / "modern")
+    shutil.copy(FIXTURES / "code_go_broken/broken.go", root / "modern/broken.go")
+    with pytest.raises(UserError, match=r"src/modern/broken\.go:10: does not parse as go \(missing ',' in parameter"):
+        extract(root, config(kind="code", root=str(root)))
+    table, counts = extract(root, config(kind="code", root=str(root), on_bad_file="skip"))
+    assert table.select("path", "symbol", "line").rows() == [
+        ("modern/cgo.go", "Free", 12),
+        ("modern/newexpr.go", "Counter", 13),
+        ("modern/newexpr.go", "All", 22),
+        ("modern/newexpr.go", "Put", 40),
+        ("modern/newexpr.go", "Keys", 62),
+        ("modern/sys_linux.go", "PageSize", 6),
+        ("modern/sys_other.go", "PageSize", 8),
+    ]
+    assert counts["skipped_parse_error"] == 1 and counts["files"] == 5
+
+
+def test_bad_code_files_are_reported_in_path_order_whatever_the_language(tmp_path: Path) -> None:
+    shutil.copy(FIXTURES / "code_go_broken/broken.go", tmp_path / "b.go")
+    (tmp_path / "a.py").write_bytes(b"x = '\xff'\n")
+    with pytest.raises(UserError, match=r"a\.py:1: not UTF-8 text"):
+        extract(tmp_path, config(kind="code", root=str(tmp_path)))
+
+
 def test_pairs_kind_normalises_three_shapes(tmp_path: Path) -> None:
     rows = [
         {"instruction": "Summarise", "input": "some text", "output": "short"},
