@@ -1,5 +1,8 @@
 """Tests for stages/lib/mining.py and mining_go.py on the Go and Python fixtures under tests/fixtures/."""
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -179,6 +182,15 @@ def test_go_build_tagged_variants_and_cgo_files_are_all_mined_in_one_batch() -> 
     assert str(broken) == "broken.go:10: missing ',' in parameter list"
 
 
+def test_go_lines_are_the_source_lines_even_after_a_line_directive() -> None:
+    [shifted] = mine("shifted.go", min_lines=1, root=FIXTURES / "code_go")
+    assert (shifted.symbol, shifted.line, shifted.end_line) == ("Shifted", 6, 11)
+    assert shifted.output.splitlines()[0] == "func Shifted(x int) int {"
+    broken = "package p\n\n//line parser.y:700\nfunc F() {\n\tx := \n}\n"
+    with pytest.raises(CodeParseError, match=r"^b\.go:6: expected operand"):
+        mine_go_functions(broken, "b.go", min_lines=1)
+
+
 def test_go_bom_is_ignored_like_go_does() -> None:
     source = '\ufeffpackage p\n\n// F says hi.\nfunc F() string {\n\treturn "hi"\n}\n'
     assert spans(mine_go_functions(source, "p.go", min_lines=1)) == [("F", 4, 6)]
@@ -189,6 +201,29 @@ def test_go_program_is_built_once_and_reused() -> None:
     built_at = first.stat().st_mtime_ns
     assert goast_binary() == first and first.stat().st_mtime_ns == built_at
     assert first.parent == CACHE and first.name.startswith("goast-")
+
+
+@pytest.mark.slow
+def test_go_program_built_by_two_processes_at_once_into_an_empty_cache_works(tmp_path: Path) -> None:
+    build = (
+        "import sys, pathlib; from stages.lib import mining_go as m; print(m.goast_binary(pathlib.Path(sys.argv[1])))"
+    )
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", build, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    paths = {run.communicate(timeout=600)[0].strip() for run in runs}
+    assert all(run.returncode == 0 for run in runs) and len(paths) == 1
+    [binary] = [Path(path) for path in paths]
+    assert binary.parent == tmp_path and sorted(p.name for p in tmp_path.glob("goast-*")) == [binary.name]
+    assert not list(tmp_path.glob("build-*"))  # the temporary build folders are gone
+    reply = subprocess.run(
+        [binary], input=b'[{"path": "p.go", "source": "package p\\nfunc F() {}\\n"}]', capture_output=True, check=True
+    )
+    assert json.loads(reply.stdout) == [
+        {"path": "p.go", "functions": [{"name": "F", "line": 2, "end_line": 2, "doc": ""}]}
+    ]
 
 
 def test_go_toolchain_missing_is_a_user_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

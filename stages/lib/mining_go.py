@@ -24,6 +24,7 @@ from stages.lib.mining import CodeFunction, CodeParseError, block, source_lines
 RUNS = ("goast/main.go",)
 GOAST_SOURCE = Path(__file__).parent / RUNS[0]
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "goast"
+_BUILT: dict[Path, Path] = {}  # cache folder -> the binary found or built there by this process
 
 
 def mine_go_sources(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
@@ -69,11 +70,14 @@ def run_goast(sources: dict[str, str]) -> list[dict]:
 
 def goast_binary(cache: Path = CACHE) -> Path:
     """The built goast program, building it first when this source and toolchain have none in the cache."""
+    known = _BUILT.get(cache)
+    if known is not None and known.is_file():  # `go version` costs a process start: once per process is enough
+        return known
     go = go_tool()
     env = go_env(cache)
     version = _go(go, ["version"], env).strip()
     key = hashlib.sha256(GOAST_SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
-    binary = cache / f"goast-{key}"
+    binary = _BUILT[cache] = cache / f"goast-{key}"
     if binary.is_file():
         return binary
     # Build beside the target and rename: a reader never sees half a binary, two builders both end well.

@@ -17,6 +17,7 @@ import (
 	"go/scanner"
 	"go/token"
 	"os"
+	"strings"
 )
 
 type input struct {
@@ -64,7 +65,8 @@ func mine(in input) result {
 		res.ErrorLine, res.Error = 1, err.Error()
 		var list scanner.ErrorList
 		if errors.As(err, &list) && len(list) > 0 {
-			res.ErrorLine, res.Error = list[0].Pos.Line, list[0].Msg
+			// Count lines up to the byte offset: Pos.Line would follow a //line directive.
+			res.ErrorLine, res.Error = 1+strings.Count(in.Source[:list[0].Pos.Offset], "\n"), list[0].Msg
 		}
 		return res
 	}
@@ -77,7 +79,8 @@ func mine(in input) result {
 		if fn.Doc != nil {
 			doc = fn.Doc.Text()
 		}
-		line, end := fset.Position(fn.Pos()).Line, fset.Position(fn.End()).Line
+		// Unadjusted: a //line directive must not move the lines that the caller cuts the source at.
+		line, end := fset.PositionFor(fn.Pos(), false).Line, fset.PositionFor(fn.End(), false).Line
 		res.Functions = append(res.Functions, function{fn.Name.Name, line, end, doc})
 	}
 	return res
