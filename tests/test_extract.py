@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from stages.extract import SCHEMAS, ExtractConfig, chunk_article, clean_article, extract, main
+from stages.lib import mining_go
 from stages.lib.common import UserError
 from stages.lib.params import ConfigError, from_dict
 
@@ -144,6 +145,16 @@ def test_go_code_of_recent_releases_is_mined_and_a_broken_file_named_or_skipped(
         ("modern/sys_other.go", "PageSize", 8),
     ]
     assert counts["skipped_parse_error"] == 1 and counts["files"] == 6
+
+
+def test_python_only_code_needs_no_go_toolchain(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_go() -> str:
+        raise AssertionError("the Go toolchain was asked for")
+
+    monkeypatch.setattr(mining_go, "go_tool", no_go)
+    root = FIXTURES / "code"
+    table, _ = extract(root, config(kind="code", root=str(root), code={"languages": ["python"]}))
+    assert set(table["language"]) == {"python"} and table.height == 5
 
 
 def test_bad_code_files_are_reported_in_path_order_whatever_the_language(tmp_path: Path) -> None:
