@@ -6,6 +6,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from project import copy_project
 
 from stages.extract import SCHEMAS, ExtractConfig, chunk_article, clean_article, extract, main
 from stages.lib import mining_go
@@ -155,6 +156,17 @@ def test_python_only_code_needs_no_go_toolchain(monkeypatch: pytest.MonkeyPatch)
     root = FIXTURES / "code"
     table, _ = extract(root, config(kind="code", root=str(root), code={"languages": ["python"]}))
     assert set(table["language"]) == {"python"} and table.height == 5
+
+
+@pytest.mark.slow
+def test_real_dvc_mines_go_code_and_reruns_extract_when_the_go_program_changes(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "loradag", {"extract.kind": "code", "extract.root": "tests/fixtures/code_go"})
+    project.dvc("repro", "extract")  # builds the go/ast program first unless the cache holds it
+    metrics = json.loads(project.read("metrics/extract.json"))
+    assert (metrics["files"], metrics["records"]) == (5, 8)
+    program = project.root / "stages/lib/goast/main.go"
+    program.write_text(program.read_text() + "\n// an edit\n")
+    assert "extract" in json.loads(project.dvc("status", "--json", "extract"))
 
 
 def test_bad_code_files_are_reported_in_path_order_whatever_the_language(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from stages.lib.common import UserError
 from stages.lib.mining import (
     LANGUAGES,
+    MINERS,
     CodeFunction,
     CodeParseError,
     is_generated_go,
@@ -360,6 +361,7 @@ def test_is_vendored_matches_whole_path_components(path: str, expected: bool) ->
 
 def test_languages_map_extensions() -> None:
     assert LANGUAGES == {".go": "go", ".py": "python"}
+    assert set(MINERS) == set(LANGUAGES.values())  # each language has its miner
 
 
 def test_python_nested_deeper_than_the_parser_holds_is_a_parse_error() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -42,6 +43,10 @@ class CodeParseError(ValueError):
         self.reason = reason
 
 
+# A miner takes many sources (path -> text) and min_lines, and answers per path: its functions or its parse error.
+Miner = Callable[[dict[str, str], int], dict[str, "list[CodeFunction] | CodeParseError"]]
+
+
 def is_vendored(path: str) -> bool:
     """True for paths inside third-party, test-data or tool folders, which are not our code to mine."""
     parts = path.replace("\\", "/").split("/")
@@ -67,16 +72,12 @@ def is_generated_go(source: str) -> bool:
 
 def mine_sources(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
     """Per source (path -> text, a suffix of LANGUAGES): its documented functions, or why it does not parse."""
-    from stages.lib import mining_go  # here, not at the top: mining_go imports this module's CodeFunction
-
-    go = {path: text for path, text in sources.items() if language_of(path) == "go"}
-    found = mining_go.mine_go_sources(go, min_lines)  # one run of the go/ast program for all Go files
+    by_language: dict[str, dict[str, str]] = {}
     for path, text in sources.items():
-        if language_of(path) == "python":
-            try:
-                found[path] = mine_python_functions(text, path, min_lines)
-            except CodeParseError as err:
-                found[path] = err
+        by_language.setdefault(language_of(path), {})[path] = text
+    found: dict[str, list[CodeFunction] | CodeParseError] = {}
+    for language, texts in by_language.items():
+        found |= MINERS[language](texts, min_lines)
     return {path: found[path] for path in sources}
 
 
@@ -133,3 +134,28 @@ def _parse_python(source: str, path: str) -> ast.Module:
         raise CodeParseError(path, err.lineno or 1, err.msg) from err
     except (RecursionError, MemoryError) as err:  # nesting deeper than the parser can hold
         raise CodeParseError(path, 1, "nested too deeply to parse") from err
+
+
+def _mine_go(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
+    from stages.lib import mining_go  # here, not at the top: mining_go imports this module's CodeFunction
+
+    return mining_go.mine_go_sources(sources, min_lines)  # one run of the go/ast program for all Go files
+
+
+def _each_file(miner: Callable[[str, str, int], list[CodeFunction]]) -> Miner:
+    """A miner of many sources from a miner of one."""
+
+    def mine_all(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
+        found: dict[str, list[CodeFunction] | CodeParseError] = {}
+        for path, text in sources.items():
+            try:
+                found[path] = miner(text, path, min_lines)
+            except CodeParseError as err:
+                found[path] = err
+        return found
+
+    return mine_all
+
+
+# language -> miner of many sources at once (path -> text) with min_lines: a language is one entry here
+MINERS: dict[str, Miner] = {"go": _mine_go, "python": _each_file(mine_python_functions)}
