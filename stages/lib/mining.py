@@ -1,22 +1,20 @@
-"""Mine documented functions from Go and Python source: doc comment -> instruction, code -> output.
+"""Mine documented functions from source code: doc comment -> instruction, code -> output.
 
-Pure functions over source text; the `extract` stage walks the tree, reads the files and calls these.
-Go is parsed with tree-sitter and read the way `go/ast` sees it (FuncDecl.Doc); Python with `ast`.
-TypeScript, JavaScript, Rust, Java, C and C++ are mined by `mining_treesitter` into the same record.
+The `extract` stage walks the tree, reads the files and hands their texts to `mine_sources`, which
+dispatches by language: Python is parsed here with `ast`; Go by Go's own go/parser in `mining_go`;
+TypeScript, JavaScript, Rust, Java, C and C++ by tree-sitter grammars in `mining_treesitter`.
 """
 
 from __future__ import annotations
 
 import ast
-import functools
 import re
-import textwrap
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import PurePosixPath
 
-if TYPE_CHECKING:
-    from tree_sitter import Node, Parser
+from stages.lib import mining_rules
 
 # File suffix -> language. A `.h` header is C or C++ by its content (mining_rules.header_language).
 # fmt: off
@@ -31,8 +29,6 @@ LANGUAGES = {
 
 # https://go.dev/s/generatedcode
 _GENERATED_GO = re.compile(r"^// Code generated .* DO NOT EDIT\.$")
-# go/ast isDirective, applied to a `//` comment's text after the slashes when no space follows them.
-_GO_DIRECTIVE = re.compile(r"^(line |extern |export |[a-z0-9]+:[a-z0-9])")
 _SKIPPED_DIRS = frozenset({"vendor", "testdata", "node_modules", ".git", "__pycache__", "site-packages", ".venv"})
 
 
@@ -56,6 +52,19 @@ class CodeParseError(ValueError):
         super().__init__(f"{path}:{line}: {reason}")
         self.path = path
         self.line = line
+        self.reason = reason
+
+
+class PartialParse(CodeParseError):
+    """A file mined around a syntax error (tree-sitter recovers): `functions` are those outside the error."""
+
+    def __init__(self, path: str, line: int, reason: str, functions: list[CodeFunction]) -> None:
+        super().__init__(path, line, reason)
+        self.functions = functions
+
+
+# A miner takes many sources (path -> text) and min_lines, and answers per path: its functions or its parse error.
+Miner = Callable[[dict[str, str], int], dict[str, "list[CodeFunction] | CodeParseError"]]
 
 
 def is_vendored(path: str) -> bool:
@@ -81,31 +90,37 @@ def is_generated_go(source: str) -> bool:
     return False
 
 
-def mine_go_functions(source: str, path: str, min_lines: int) -> list[CodeFunction]:
-    """Documented Go functions and methods with a body spanning at least `min_lines` lines."""
-    root = _parse_go(source, path)
-    lines = _source_lines(source)
-    found = []
-    for node in root.named_children:
-        if node.type not in ("function_declaration", "method_declaration"):
-            continue
-        if node.child_by_field_name("body") is None:
-            continue  # declared here, implemented in assembly: there is no code to learn from
-        line, end_line = node.start_point.row + 1, node.end_point.row + 1
-        doc = _go_doc(node)
-        if not doc or end_line - line + 1 < min_lines:
-            continue
-        name = node.child_by_field_name("name")
-        assert name is not None and name.text is not None, "tree-sitter-go gives every func a name"
-        output = _block(lines, line, end_line, indent="")
-        found.append(CodeFunction(path, name.text.decode("utf-8"), line, end_line, "go", doc, output))
-    return sorted(found, key=_order)
+def is_generated(path: str, source: str) -> bool:
+    """True for a file a tool wrote (its language's generated-code marker, a minified bundle)."""
+    if path.endswith(".go"):
+        return is_generated_go(source)
+    if path.endswith(".py"):
+        return False  # no marker convention is checked for Python yet
+    return mining_rules.is_generated(source, path)
+
+
+def mine_sources(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
+    """Per source (path -> text, a suffix of LANGUAGES): its documented functions, or why it does not parse."""
+    by_language: dict[str, dict[str, str]] = {}
+    for path, text in sources.items():
+        by_language.setdefault(language_of(path, text), {})[path] = text
+    found: dict[str, list[CodeFunction] | CodeParseError] = {}
+    for language, texts in by_language.items():
+        found |= MINERS[language](texts, min_lines)
+    return {path: found[path] for path in sources}
+
+
+def language_of(path: str, source: str) -> str:
+    """The mined language of a file, by its suffix (a key of LANGUAGES); a `.h` header by its content."""
+    suffix = PurePosixPath(path).suffix.lower()
+    return mining_rules.header_language(source) if suffix == ".h" else LANGUAGES[suffix]
 
 
 def mine_python_functions(source: str, path: str, min_lines: int) -> list[CodeFunction]:
     """Python functions and methods, at any nesting, with a docstring and at least `min_lines` lines."""
+    source = source.removeprefix("\ufeff")  # ast.parse refuses a BOM in a str ("invalid non-printable character")
     tree = _parse_python(source, path)
-    lines = _source_lines(source)
+    lines = source_lines(source)
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -116,7 +131,7 @@ def mine_python_functions(source: str, path: str, min_lines: int) -> list[CodeFu
         if not doc or end_line - node.lineno + 1 < min_lines:
             continue
         indent = lines[node.lineno - 1][: node.col_offset]
-        output = _block(lines, node.lineno, end_line, indent)
+        output = block(lines, node.lineno, end_line, indent)
         found.append(CodeFunction(path, node.name, node.lineno, end_line, "python", doc, output))
     return sorted(found, key=_order)
 
@@ -125,78 +140,15 @@ def _order(function: CodeFunction) -> tuple[int, str]:
     return function.line, function.symbol
 
 
-def _source_lines(source: str) -> list[str]:
-    # Split on "\n" only: tree-sitter and ast count rows that way, str.splitlines also splits on \f etc.
+def source_lines(source: str) -> list[str]:
+    # Split on "\n" only: go/token and ast count lines that way, str.splitlines also splits on \f etc.
     return [line.removesuffix("\r") for line in source.split("\n")]
 
 
-def _block(lines: list[str], line: int, end_line: int, indent: str) -> str:
+def block(lines: list[str], line: int, end_line: int, indent: str) -> str:
     """Lines `line..end_line` (1-based, inclusive) with the first line's indentation removed."""
     block = lines[line - 1 : end_line]
     return "\n".join(text.removeprefix(indent) for text in block)
-
-
-@functools.cache
-def _go_parser() -> Parser:
-    import tree_sitter_go
-    from tree_sitter import Language, Parser
-
-    return Parser(Language(tree_sitter_go.language()))
-
-
-def _parse_go(source: str, path: str) -> Node:
-    root = _go_parser().parse(source.encode("utf-8")).root_node
-    if root.has_error:
-        bad = _first_error(root)
-        reason = f"missing {bad.type}" if bad.is_missing else "Go syntax error"
-        raise CodeParseError(path, bad.start_point.row + 1, reason)
-    return root
-
-
-def _first_error(root: Node) -> Node:
-    """The first ERROR or MISSING node in document order, else the first flagged node with no flagged child."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node.type == "ERROR" or node.is_missing:
-            return node
-        flagged = [child for child in node.children if child.has_error]
-        if not flagged:  # tree-sitter-go flags the file, not a node, for a top-level statement like `0000`
-            return node
-        stack.extend(reversed(flagged))
-    raise AssertionError("the root has_error, so the walk returns a node")
-
-
-def _go_doc(func: Node) -> str:
-    """The comment group ending on the line right above `func`, cleaned like go/ast CommentGroup.Text."""
-    group: list[Node] = []
-    prev = func.prev_named_sibling
-    if prev is None or prev.type != "comment" or prev.end_point.row != func.start_point.row - 1:
-        return ""
-    while prev is not None and prev.type == "comment":
-        if group and prev.end_point.row < group[-1].start_point.row - 1:
-            break  # a blank line ends the comment group
-        group.append(prev)
-        prev = prev.prev_named_sibling
-    # A comment sharing a line with the code before it is that code's line comment, not doc.
-    if prev is not None and prev.type != "comment":
-        code_row = prev.end_point.row
-        while group and group[-1].start_point.row <= code_row:
-            code_row = group.pop().end_point.row
-    lines: list[str] = []
-    for comment in reversed(group):
-        assert comment.text is not None
-        lines.extend(_go_comment_lines(comment.text.decode("utf-8")))
-    return textwrap.dedent("\n".join(line.rstrip() for line in lines)).strip()
-
-
-def _go_comment_lines(comment: str) -> list[str]:
-    if comment.startswith("/*"):
-        return comment[2:-2].split("\n")
-    body = comment[2:]
-    if _GO_DIRECTIVE.match(body):
-        return []  # //go:noinline, //nolint:x, //line ...: tool directives, not documentation
-    return [body.removeprefix(" ")]
 
 
 def _parse_python(source: str, path: str) -> ast.Module:
@@ -212,3 +164,47 @@ def _parse_python(source: str, path: str) -> ast.Module:
         raise CodeParseError(path, err.lineno or 1, err.msg) from err
     except (RecursionError, MemoryError) as err:  # nesting deeper than the parser can hold
         raise CodeParseError(path, 1, "nested too deeply to parse") from err
+
+
+def _mine_go(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
+    from stages.lib import mining_go  # here, not at the top: mining_go imports this module's CodeFunction
+
+    return mining_go.mine_go_sources(sources, min_lines)  # one run of the go/ast program for all Go files
+
+
+def _tree_sitter(language: str) -> Miner:
+    """The miner of one tree-sitter language: a file with a syntax error is mined around it (PartialParse)."""
+
+    def mine_all(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
+        from stages.lib import mining_treesitter  # here: it imports this module's CodeFunction
+
+        found: dict[str, list[CodeFunction] | CodeParseError] = {}
+        for path, text in sources.items():
+            mined = mining_treesitter.mine_functions(language, text, path, min_lines)
+            if mined.error_line is None:
+                found[path] = mined.functions
+            else:
+                found[path] = PartialParse(path, mined.error_line, "syntax error", mined.functions)
+        return found
+
+    return mine_all
+
+
+def _each_file(miner: Callable[[str, str, int], list[CodeFunction]]) -> Miner:
+    """A miner of many sources from a miner of one."""
+
+    def mine_all(sources: dict[str, str], min_lines: int) -> dict[str, list[CodeFunction] | CodeParseError]:
+        found: dict[str, list[CodeFunction] | CodeParseError] = {}
+        for path, text in sources.items():
+            try:
+                found[path] = miner(text, path, min_lines)
+            except CodeParseError as err:
+                found[path] = err
+        return found
+
+    return mine_all
+
+
+# language -> miner of many sources at once (path -> text) with min_lines: a language is one entry here
+MINERS: dict[str, Miner] = {"go": _mine_go, "python": _each_file(mine_python_functions)}
+MINERS |= {language: _tree_sitter(language) for language in ("typescript", "javascript", "rust", "java", "c", "cpp")}

@@ -18,7 +18,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from stages.lib.mining import CodeFunction, _block, _first_error, _order, _source_lines
+from stages.lib.mining import CodeFunction, _order, block, source_lines
 from stages.lib.mining_rules import COMMENTS, NOT_DOC, RULES, Rules, grammar_for, node_text, strip_generics
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def mine_functions(language: str, source: str, path: str, min_lines: int) -> Min
     """Documented functions of one file in `language` spanning at least `min_lines` lines."""
     rules = RULES[grammar_for(language, path)]
     root = _parser(rules.grammar).parse(source.encode("utf-8")).root_node
-    lines = _source_lines(source)
+    lines = source_lines(source)
     found = []
     for node in _functions(root, rules):
         anchor = _anchor(node, rules)
@@ -47,10 +47,24 @@ def mine_functions(language: str, source: str, path: str, min_lines: int) -> Min
         if not doc or end_line - line + 1 < min_lines or _in_error(node, rules):
             continue
         indent = lines[line - 1][: first.start_point.column]
-        output = _block(lines, line, end_line, indent if not indent.strip() else "")
+        output = block(lines, line, end_line, indent if not indent.strip() else "")
         found.append(CodeFunction(path, _symbol(node, rules), line, end_line, language, doc, output))
     error_line = _first_error(root).start_point.row + 1 if root.has_error else None
     return MinedFile(sorted(found, key=_order), error_line)
+
+
+def _first_error(root: Node) -> Node:
+    """The first ERROR or MISSING node in document order, else the first flagged node with no flagged child."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            return node
+        flagged = [child for child in node.children if child.has_error]
+        if not flagged:  # a grammar may flag the file rather than a node for a stray top-level token
+            return node
+        stack.extend(reversed(flagged))
+    raise AssertionError("the root has_error, so the walk returns a node")
 
 
 @functools.cache
