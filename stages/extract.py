@@ -292,6 +292,7 @@ def input_files(root: Path, kind: str, cfg: ExtractConfig) -> list[Path]:
         for p in root.rglob("*")
         if ((p.is_file() and p.suffix.lower() in suffixes) or (p.is_dir() and outside_root(p, real_root)))
         and not any(p.is_relative_to(folder) for folder in datasets)
+        and p.name != chat_datasets.DATASET_DICT_FILE  # a DatasetDict's index: its split folders are the datasets
     ]
     return sorted(found + datasets, key=lambda p: p.relative_to(root).as_posix())
 

@@ -117,6 +117,13 @@ def conversations(pairs: pl.DataFrame, system_prompt: str, tokenizer: Any) -> li
     ]
 
 
+def example_counts(trainer: Any, train_df: pl.DataFrame) -> dict[str, int]:
+    """Conversations trained on (trl drops one that truncation left without an answer) and the assistant turns
+    they hold: each is learned, so a multi-turn pair counts more than once."""
+    turns = sum(1 + sum(m["role"] == "assistant" for m in history_messages(h)) for h in train_df["history"])
+    return {"train_examples": len(trainer.train_dataset), "train_assistant_turns": turns}
+
+
 # ---------------------------------------------------------------- model and LoRA
 
 
@@ -383,7 +390,7 @@ def main(params_path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch, atomic_dir(LIVE_DIR) as live_dir:
         callbacks = [live_callback(live_dir)]
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, Path(scratch), callbacks)
-        metrics = run_training(trainer, cfg)
+        metrics = run_training(trainer, cfg) | example_counts(trainer, train_df)
         save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
     write_json(metrics, METRICS)
     log.info(

@@ -105,6 +105,17 @@ def test_a_saved_hf_dataset_folder_is_one_source_read_offline(tmp_path: Path) ->
     assert counts["files"] == 2 and len(set(table["source_sha256"])) == 2
 
 
+def test_a_saved_dataset_dict_is_a_source_per_split(tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    def split(question: str) -> Dataset:
+        return Dataset.from_dict({"question": [question], "answer": ["yes"]})
+
+    DatasetDict({"train": split("Is this train?"), "test": split("Is this test?")}).save_to_disk(str(tmp_path / "dd"))
+    table, _ = extract(tmp_path, config(root=str(tmp_path)))
+    assert rows_of(table) == [("dd/test", 1, "Is this test?", "", "yes"), ("dd/train", 1, "Is this train?", "", "yes")]
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -171,3 +182,56 @@ def test_a_file_that_is_not_a_table_names_itself(tmp_path: Path) -> None:
 def test_a_bad_column_mapping_names_the_key(columns: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config(pairs={"columns": columns})
+
+
+# ---------------------------------------------------------------- the whole DAG on a ShareGPT file
+
+TOOLS = ["dvc", "git", "ruff", "pytest", "uvicorn", "polars", "peft", "trl", "bm25s", "typer", "rich", "tqdm"]
+
+
+def sharegpt_chats() -> list[dict[str, Any]]:
+    """Two- and three-turn conversations about made-up facts; every last question is different."""
+    chats = []
+    for i, tool in enumerate(TOOLS):
+        turns = [("system", f"You are the {tool} desk. Answer in one sentence.")] if i % 3 == 0 else []
+        turns += [("human", f"Which desk looks after {tool}?"), ("gpt", f"Desk {i + 1} looks after {tool}.")]
+        if i % 2 == 0:
+            turns += [("human", f"Who staffs desk {i + 1} on Mondays?"), ("gpt", f"Mondays at desk {i + 1}: Ana.")]
+        turns += [
+            ("human", f"And which floor is the {tool} desk on?"),
+            ("gpt", f"The {tool} desk is on floor {i % 5}."),
+        ]
+        chats.append({"conversations": [{"from": who, "value": text} for who, text in turns]})
+    return chats
+
+
+@pytest.mark.slow
+def test_a_sharegpt_multi_turn_file_goes_through_the_whole_dag(tmp_path: Path) -> None:
+    from project import QUICK_PARAMS, copy_project
+
+    chats = sharegpt_chats()
+    project = copy_project(tmp_path / "loradag", QUICK_PARAMS)
+    (project.root / "data/raw/chats").mkdir(parents=True)
+    write_jsonl(project.root / "data/raw/chats", "desks.jsonl", chats)
+    project.set_params({"extract.kind": "pairs", "extract.root": "data/raw/chats", "evaluate.rag.top_k": 0})
+    project.commit("a ShareGPT file")
+    project.dvc("repro", "evaluate")
+
+    assert json.loads(project.read("metrics/extract.json"))["records"] == len(chats)
+    split = json.loads(project.read("metrics/split.json"))
+    assert split["train"] + split["eval"] == len(chats)  # one pair per conversation, every one valid
+    trained = json.loads(project.read("metrics/train.json"))
+    assert trained["train_examples"] == split["train"]
+    train_pairs = pl.read_parquet(project.root / "data/split/train.parquet")
+    turns = {
+        chat["conversations"][-2]["value"]: sum(t["from"] == "gpt" for t in chat["conversations"]) for chat in chats
+    }
+    assert trained["train_assistant_turns"] == sum(turns[q] for q in train_pairs["question"])  # every turn learned
+    preds = [json.loads(line) for line in project.read("data/evaluate/preds_adapter.jsonl").splitlines()]
+    last_turns = {chat["conversations"][-2]["value"]: chat["conversations"][:-2] for chat in chats}
+    assert preds and all(p["question"] in last_turns for p in preds)  # evaluate asks the last user turn ...
+    for pred in preds:  # ... after the earlier turns, the record's own system prompt included
+        earlier = last_turns[pred["question"]]
+        assert [m["content"] for m in pred["history"]] == [t["value"] for t in earlier]
+    assert json.loads(project.read("metrics/evaluate.json"))["eval_questions"] == len(preds)
+    assert "Verdict" in project.read("reports/decision.md")

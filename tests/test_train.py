@@ -88,14 +88,18 @@ def test_loss_mask_covers_exactly_the_answer_and_end_of_turn(
     model, tokenizer = load_base(tiny_model_dir)
     pairs = make_pairs(3)
     trainer = train.build_trainer(train.attach_lora(model, QUICK), tokenizer, QUICK, FP32, pairs, pairs, tmp_path, [])
-    for example, row in zip(trainer.train_dataset, train.conversations(pairs, QUICK.system_prompt), strict=True):
+    assert [row["labels"] for row in train.conversations(pairs, QUICK.system_prompt, tokenizer)] == [
+        example["labels"] for example in trainer.train_dataset
+    ]  # what trl trains on is the chat core's example, unchanged
+    for example, (question, answer) in zip(trainer.train_dataset, pairs.select("question", "answer").iter_rows(),
+                                            strict=True):  # fmt: skip
         ids, labels = example["input_ids"], example["labels"]
         start = next(i for i, label in enumerate(labels) if label != -100)
         assert all(label != -100 for label in labels[start:])  # one contiguous span up to the end
         assert labels[start:] == ids[start:]
-        answer = row["completion"][0]["content"]
         assert tokenizer.decode(ids[start:]) == answer + "<|im_end|>\n"
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        messages = chat.prompt_messages(question, QUICK.system_prompt)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         assert tokenizer.decode(ids[:start]) == prompt
         assert QUICK.system_prompt in prompt and prompt.endswith("<|im_start|>assistant\n")
 

@@ -26,6 +26,7 @@ Conversation = list[dict[str, str]]
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 HF_DATASET_FILES = ("dataset_info.json", "state.json")  # what `Dataset.save_to_disk` writes beside the arrow files
+DATASET_DICT_FILE = "dataset_dict.json"  # `DatasetDict.save_to_disk`: this, and a Dataset folder per split
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 TOOL_ROLES = {"tool", "function", "function_call", "observation", "tool_call", "ipython"}
