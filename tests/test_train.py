@@ -221,8 +221,11 @@ def test_main_writes_adapter_metrics_and_dvclive_curves(
             "peak_memory_mb",
             "steps",
             "epochs",
+            "train_examples",
+            "train_assistant_turns",
         ]
     )
+    assert metrics["train_examples"] == metrics["train_assistant_turns"] == 10  # single-turn pairs: one turn each
     assert metrics["steps"] == 2 and metrics["trainable_params"] == 32768  # r=16 on 7 linears x 2 blocks
     assert 0 < metrics["trainable_params"] < metrics["total_params"] and metrics["tokens_per_s"] > 0
     assert 5 < metrics["eval_loss"] < 15 and metrics["peak_memory_mb"] > 100  # random init: ~ln(49152) = 10.8
