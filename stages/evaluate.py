@@ -1,14 +1,14 @@
 """Stage `evaluate`: base vs base + adapter on the held-out pairs -> metrics and a keep/discard/inconclusive verdict.
 
 Both sides answer every eval question from the same loaded weights (the baseline runs inside
-`model.disable_adapter()`), with the train system prompt, through the chat core (stages/lib/chat.py: the
-prompt tokens train saw), greedy decoding and the same `max_new_tokens`, in left-padded batches. Both also
-answer each question with its top-k BM25 passages of the extracted corpus in the prompt (`base+rag`,
-`adapter+rag`: would retrieval alone have done as well?), and the regression-gate sets (general Q&A, harmful
-requests to decline). Answers are scored by the metric registry (stages/lib/metrics.py) and optionally by an
-LLM judge (a chat backend from stages/lib/backends.py, checked before generation starts); paired bootstrap
-intervals (stages/lib/verdict.py) and the gates (stages/lib/gates.py), all declared in `evaluate` before the
-run, decide.
+`model.disable_adapter()`), with the train system prompt and chat template, after a multi-turn pair's earlier
+turns, through the chat core (stages/lib/chat.py: the prompt tokens train saw), greedy decoding and the same
+`max_new_tokens`, in left-padded batches. Both also answer each question with its top-k BM25 passages of the
+extracted corpus in the prompt (`base+rag`, `adapter+rag`: would retrieval alone have done as well?), and the
+regression-gate sets (general Q&A, harmful requests to decline). Answers are scored by the metric registry
+(stages/lib/metrics.py) and optionally by an LLM judge (a chat backend from stages/lib/backends.py, checked
+before generation starts); paired bootstrap intervals (stages/lib/verdict.py) and the gates
+(stages/lib/gates.py), all declared in `evaluate` before the run, decide.
 
 Run: `loradag evaluate` (or `dvc repro evaluate`). Writes `data/evaluate/preds_{base,adapter,rag,gates}.jsonl`,
 `data/evaluate/judge_scores.csv`, `metrics/evaluate.json` and `reports/decision.md`.
@@ -39,7 +39,7 @@ from stages.lib.metrics import (
     question_scores,
     side_metrics,
 )
-from stages.lib.pairs import refusal_phrases, refusal_regex
+from stages.lib.pairs import history_messages, refusal_phrases, refusal_regex
 from stages.lib.params import NOT_A_PARAM, ConfigError, from_dict, load_params, require
 from stages.lib.retrieval import build_index, passages
 from stages.lib.verdict import (
@@ -240,7 +240,7 @@ def refusal_patterns(params: dict[str, Any]) -> list[re.Pattern[str]]:
 
 
 def read_questions(path: Path, max_questions: int) -> pl.DataFrame:
-    questions = read_table(path, "split", ["id", "question", "answer"])
+    questions = read_table(path, "split", ["id", "question", "answer", "history"])
     return questions.head(max_questions) if max_questions else questions
 
 
@@ -266,10 +266,12 @@ def read_jsonl_items(path: Path, fields: tuple[str, ...], max_items: int) -> lis
 
 
 def eval_items(questions: pl.DataFrame) -> list[dict[str, Any]]:
-    return [
-        {"id": row["id"], "question": row["question"], "reference": row["answer"]}
-        for row in questions.select("id", "question", "answer").iter_rows(named=True)
-    ]
+    """A multi-turn pair asks its last user turn after its earlier turns (`history`), as training saw it."""
+    items = []
+    for row in questions.select("id", "question", "answer", "history").iter_rows(named=True):
+        item = {"id": row["id"], "question": row["question"], "reference": row["answer"]}
+        items.append(item | ({"history": history_messages(row["history"])} if row["history"] else {}))
+    return items
 
 
 def with_retrieval(items: list[dict[str, Any]], records: pl.DataFrame, rag: Any) -> list[dict[str, Any]]:
@@ -305,7 +307,7 @@ def generate_answers(
     conversations = []
     for item in items:
         asked = chat.with_passages(item["question"], item["passages"]) if "passages" in item else item["question"]
-        conversations.append(chat.prompt_messages(asked, system_prompt))
+        conversations.append(chat.prompt_messages(asked, system_prompt, item.get("history", ())))
     answers = chat.generate(model, tokenizer, conversations, chat.Sampling(max_new_tokens), batch_size)
     return [
         item | {"answer": answer.text, "tokens": answer.tokens, "latency_s": answer.latency_s}
@@ -491,7 +493,7 @@ def main(params_path: Path) -> None:
     judge, judge_info = start_judge(cfg) if scoring.judge else (None, {})  # a dead endpoint fails here, not later
     questions = read_questions(EVAL_DATA, cfg.max_questions)
     sets = answer_sets(questions, cfg)
-    model, tokenizer = chat.load_for_generation(BASE_DIR, ADAPTER_DIR)
+    model, tokenizer = chat.load_for_generation(BASE_DIR, ADAPTER_DIR, chat.chat_template(params))
     answers = answer_both_sides(model, tokenizer, sets, system_prompt, cfg.batch_size)
     preds = eval_sides(answers)
     if judge is not None:

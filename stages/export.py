@@ -1,7 +1,8 @@
 """Stage `export`: the adapter as files to ship, each loadable without this repository.
 
 - `models/export/merged/`: base + adapter merged (peft `merge_and_unload`) in the base's dtype, safetensors, the
-  tokenizer with its chat template and a generation config that stops where the chat core stops. Load it with
+  tokenizer with the chat template it was trained with (`train.chat_template`) and a generation config that
+  stops where the chat core stops. Load it with
   `AutoModelForCausalLM.from_pretrained(folder)`, serve it with `vllm serve folder`, convert it to GGUF.
 - `models/export/adapter/`: the adapter bundle: `adapter_config.json` + `adapter_model.safetensors` (what vLLM's
   `--lora-modules` and peft read) beside a copy of its base (config.json, model.safetensors, tokenizer, chat
@@ -196,7 +197,8 @@ def folder_mb(folder: Path) -> float:
 
 
 def main(params_path: Path) -> None:
-    cfg = section_config(ExportConfig, load_params(params_path), "export")
+    params = load_params(params_path)
+    cfg = section_config(ExportConfig, params, "export")
     evaluation = json.loads(EVALUATE_METRICS.read_text(encoding="utf-8")) if EVALUATE_METRICS.is_file() else {}
     keep, verdict = read_verdict(evaluation)
     if not keep and not cfg.allow_discarded:
@@ -206,7 +208,7 @@ def main(params_path: Path) -> None:
         log.info("export: verdict %s, not exported (export.allow_discarded: false); see %s/README.md", verdict, OUT_DIR)
         return
     provenance = provenance_of(BASE_DIR, ADAPTER_DIR)
-    tokenizer = chat.load_tokenizer(BASE_DIR)
+    tokenizer = chat.load_tokenizer(BASE_DIR, chat_template=chat.chat_template(params))  # the template trained with
     model = merge(BASE_DIR, ADAPTER_DIR)
     with atomic_dir(OUT_DIR) as out:
         save_merged(model, tokenizer, out / "merged")

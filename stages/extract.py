@@ -4,7 +4,9 @@
 - `articles`: .md/.markdown/.txt/.html/.pdf/.docx files, markup stripped, cut into overlapping word windows;
 - `code`: documented functions of at least `code.min_lines` lines in `code.languages`: Go (Go's own go/ast),
   Python (`ast`), TypeScript, JavaScript, Rust, Java, C, C++ (tree-sitter grammars);
-- `pairs`: bring-your-own JSONL ({instruction, input?, output} | {question, answer} | {messages}).
+- `pairs`: bring-your-own chat data (stages/lib/chat_datasets.py): ShareGPT, OpenAI messages, alpaca or
+  question/answer records in .jsonl/.json/.csv/.parquet files or saved HF `datasets` folders; a multi-turn
+  conversation is one record (its last turn the pair, the earlier turns its `history`).
 
 Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.parquet` and
 `metrics/extract.json` (files, records, skipped by reason).
@@ -12,7 +14,6 @@ Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.pa
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +21,18 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import articles, mining
+from stages.lib import articles, chat_datasets, mining
 from stages.lib.articles import chunk_article
-from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_json, write_parquet
+from stages.lib.common import UserError, log, sha256_bytes, sha256_tree, stable_id, write_json, write_parquet
+from stages.lib.pairs import encode_history
 from stages.lib.params import load_params, require, section_config
 
 OUT = Path("data/extract/records.parquet")
 METRICS = Path("metrics/extract.json")
 
 ARTICLE_SUFFIXES = articles.SUFFIXES
-PAIR_SUFFIXES = (".jsonl",)
-SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "vendored", "generated", "outside_root", "unreadable")
+SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "tool_call", "vendored", "generated", "outside_root",
+                "unreadable")  # fmt: skip
 
 PROVENANCE = {"id": pl.String, "kind": pl.String, "source": pl.String, "source_sha256": pl.String}
 SCHEMAS = {
@@ -53,7 +55,9 @@ SCHEMAS = {
         "instruction": pl.String,
         "output": pl.String,
     },
-    "pairs": PROVENANCE | {"line": pl.Int32, "instruction": pl.String, "input": pl.String, "output": pl.String},
+    # line: of a .jsonl file, else the record or row; history: JSON of the turns before (stages/lib/pairs.py)
+    "pairs": PROVENANCE
+    | {"line": pl.Int32, "instruction": pl.String, "input": pl.String, "output": pl.String, "history": pl.String},
 }
 
 
@@ -70,6 +74,11 @@ class CodeConfig:
 
 
 @dataclass(frozen=True)
+class PairsConfig:
+    columns: chat_datasets.PairColumns = field(default_factory=chat_datasets.PairColumns)
+
+
+@dataclass(frozen=True)
 class ExtractConfig:
     kind: Literal["articles", "code", "pairs"] = "articles"
     root: str = "data/raw/articles"
@@ -77,6 +86,7 @@ class ExtractConfig:
     overlap_words: int = 150
     on_bad_file: Literal["error", "skip"] = "error"
     code: CodeConfig = field(default_factory=CodeConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
 
     def __post_init__(self) -> None:
         require(self.chunk_words >= 1, "extract.chunk_words", f"must be >= 1, got {self.chunk_words}")
@@ -149,6 +159,7 @@ def code_outcomes(root: Path, files: list[Path], cfg: ExtractConfig, skipped: Co
         source = path.relative_to(root).as_posix()
         try:
             raw = read_inside(path, source, real_root)
+            assert raw is not None, "only kind pairs lists folders"
             reason = code_skip_reason(source, raw)
             if reason:
                 skipped[reason] += 1
@@ -200,77 +211,61 @@ def code_record(fn: mining.CodeFunction, digest: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- bring-your-own pairs
 
 
-def normalize_pair(row: Any) -> list[tuple[str, str, str]]:
-    """One JSONL row -> [(instruction, input, output)]; raises ValueError naming what is wrong."""
-    if not isinstance(row, dict):
-        raise ValueError("expected a JSON object")
-    if "messages" in row:
-        return pairs_from_messages(row["messages"])
-    if "question" in row or "answer" in row:
-        return [(_text(row, "question"), "", _text(row, "answer"))]
-    if "instruction" in row or "output" in row:
-        extra = row.get("input") or ""
-        if not isinstance(extra, str):
-            raise ValueError("'input' must be a string")
-        return [(_text(row, "instruction"), extra, _text(row, "output"))]
-    raise ValueError("expected keys {instruction, input?, output}, {question, answer} or {messages}")
-
-
-def pairs_from_messages(messages: Any) -> list[tuple[str, str, str]]:
-    """Each user turn followed by an assistant turn is one pair; system turns are context, not pairs."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list")
-    pairs = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise ValueError(f"messages[{i}] must be an object with a string 'content'")
-        if message.get("role") == "assistant" and i > 0 and messages[i - 1].get("role") == "user":
-            pairs.append((messages[i - 1]["content"].strip(), "", message["content"].strip()))
-    if not pairs or any(not q or not a for q, _, a in pairs):
-        raise ValueError("'messages' holds no non-empty user turn answered by an assistant turn")
-    return pairs
-
-
-def _text(row: dict[str, Any], key: str) -> str:
-    value = row.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"'{key}' must be a non-empty string")
-    return value.strip()
-
-
-def pair_records(source: str, raw: bytes, cfg: ExtractConfig, skipped: Counter[str]) -> list[dict[str, Any]]:
-    text = decode_text(source, raw)
-    digest = sha256_bytes(raw)
+def pair_records(
+    source: str, path: Path, raw: bytes | None, cfg: ExtractConfig, skipped: Counter[str]
+) -> list[dict[str, Any]]:
+    """The chat records of one input (a file's bytes, or an HF dataset folder with `raw` None), one per conversation."""
+    try:
+        if path.suffix.lower() in (".jsonl", ".json") and raw is not None:
+            rows = list(chat_datasets.text_rows(source, decode_text(source, raw)))
+        else:
+            rows = list(chat_datasets.table_rows(source, chat_datasets.read_table(path, raw), cfg.pairs.columns))
+    except chat_datasets.read_errors() as err:
+        raise BadInput(source, "parse_error", f"cannot be read as a chat dataset: {err}") from err
+    digest = sha256_bytes(raw) if raw is not None else sha256_tree(path)
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            pairs = normalize_pair(json.loads(line))
-        except (ValueError, RecursionError) as err:  # json.JSONDecodeError is a ValueError too
-            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-            bad = BadInput(f"{source}:{number}", "bad_line", f"malformed pair: {reason}")
-            if cfg.on_bad_file == "error":
-                raise bad from err
-            log.warning("extract: skipped %s", bad)
-            skipped["bad_line"] += 1
-            continue
-        for turn, (instruction, extra, output) in enumerate(pairs):
-            records.append(
-                {
-                    "id": stable_id(source, number, turn, instruction, output),
-                    "kind": "pair",
-                    "source": source,
-                    "source_sha256": digest,
-                    "line": number,
-                    "instruction": instruction,
-                    "input": extra,
-                    "output": output,
-                }
-            )
-    if not records and not skipped["bad_line"]:
+    for row in rows:
+        found = chat_row(row, cfg, skipped)
+        if found is not None:
+            records.append(pair_record(source, digest, row.number, found))
+    if not records and not (skipped["bad_line"] or skipped["tool_call"]):
         raise BadInput(source, "empty", "holds no pairs")
     return records
+
+
+def chat_row(row: chat_datasets.Row, cfg: ExtractConfig, skipped: Counter[str]) -> chat_datasets.ChatRecord | None:
+    """A row as a chat record; None for a row skipped (and counted): tool calls always, malformed ones on skip."""
+    try:
+        if isinstance(row.value, Exception):
+            raise row.value
+        return chat_datasets.chat_record(row.value, cfg.pairs.columns)
+    except chat_datasets.ToolTurns as err:
+        log.warning("extract: skipped %s: %s (tool and function calls are not trained on)", row.where, err)
+        skipped["tool_call"] += 1
+        return None
+    except (ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        bad = BadInput(row.where, "bad_line", f"malformed pair: {reason}")
+        if cfg.on_bad_file == "error":
+            raise bad from err
+        log.warning("extract: skipped %s", bad)
+        skipped["bad_line"] += 1
+        return None
+
+
+def pair_record(source: str, digest: str, number: int, chat: chat_datasets.ChatRecord) -> dict[str, Any]:
+    history = encode_history(chat.history)
+    return {
+        "id": stable_id(source, number, history, chat.question, chat.input, chat.answer),
+        "kind": "pair",
+        "source": source,
+        "source_sha256": digest,
+        "line": number,
+        "instruction": chat.question,
+        "input": chat.input,
+        "output": chat.answer,
+        "history": history,
+    }
 
 
 # ---------------------------------------------------------------- reading the input tree
@@ -295,20 +290,27 @@ def input_files(root: Path, kind: str, cfg: ExtractConfig) -> list[Path]:
     if kind == "articles":
         suffixes = ARTICLE_SUFFIXES
     elif kind == "pairs":
-        suffixes = PAIR_SUFFIXES
+        suffixes = chat_datasets.FILE_SUFFIXES
     else:
         suffixes = tuple(s for s, lang in mining.LANGUAGES.items() if lang in cfg.code.languages)
         suffixes += (".h",) if "cpp" in cfg.code.languages else ()  # a header is C or C++ by its content
     real_root = root.resolve()
+    datasets = hf_datasets(root, real_root) if kind == "pairs" else []
     # rglob does not descend into folder links; one leading outside is listed so that extract refuses it by name
-    return sorted(
-        (
-            p
-            for p in root.rglob("*")
-            if (p.is_file() and p.suffix.lower() in suffixes) or (p.is_dir() and outside_root(p, real_root))
-        ),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    found = [
+        p
+        for p in root.rglob("*")
+        if ((p.is_file() and p.suffix.lower() in suffixes) or (p.is_dir() and outside_root(p, real_root)))
+        and not any(p.is_relative_to(folder) for folder in datasets)
+        and p.name != chat_datasets.DATASET_DICT_FILE  # a DatasetDict's index: its split folders are the datasets
+    ]
+    return sorted(found + datasets, key=lambda p: p.relative_to(root).as_posix())
+
+
+def hf_datasets(root: Path, real_root: Path) -> list[Path]:
+    """Saved HF `datasets` folders under root (inside it): each is one input, its files are not read one by one."""
+    folders = {p.parent for p in root.rglob(chat_datasets.HF_DATASET_FILES[0])}
+    return [f for f in folders if chat_datasets.is_hf_dataset(f) and not outside_root(f, real_root)]
 
 
 def outside_root(path: Path, real_root: Path) -> Path | None:
@@ -317,11 +319,14 @@ def outside_root(path: Path, real_root: Path) -> Path | None:
     return None if target.is_relative_to(real_root) else target
 
 
-def read_inside(path: Path, source: str, real_root: Path) -> bytes:
-    """The bytes of an input file, refusing one that a symlink takes outside extract.root (a link to /etc/shadow)."""
+def read_inside(path: Path, source: str, real_root: Path) -> bytes | None:
+    """The bytes of an input file (None for an HF dataset folder), refusing one that a symlink takes outside
+    extract.root (a link to /etc/shadow)."""
     target = outside_root(path, real_root)
     if target is not None:
         raise BadInput(source, "outside_root", f"is a symlink to {target}, outside extract.root; not read")
+    if path.is_dir():
+        return None
     try:
         return path.read_bytes()
     except OSError as err:
@@ -331,9 +336,10 @@ def read_inside(path: Path, source: str, real_root: Path) -> bytes:
 def file_records(path: Path, source: str, real_root: Path, cfg: ExtractConfig, skipped: Counter[str]) -> list[Any]:
     """The records of one article or pairs file; raises BadInput for a file that cannot be used."""
     raw = read_inside(path, source, real_root)
-    if cfg.kind == "articles":
-        return article_records(source, raw, cfg)
-    return pair_records(source, raw, cfg, skipped)
+    if cfg.kind == "pairs":
+        return pair_records(source, path, raw, cfg, skipped)
+    assert raw is not None, "only kind pairs lists folders"
+    return article_records(source, raw, cfg)
 
 
 def file_outcomes(root: Path, files: list[Path], cfg: ExtractConfig, skipped: Counter[str]) -> list[Outcome]:

@@ -1,7 +1,7 @@
 """Stage `generate`: extract records -> Q&A pairs (`data/generate/pairs.parquet`, schema `pair_schema()`).
 
 - code records pass through: "Write the Go function `Name`: <doc comment>" -> the function source;
-- bring-your-own pairs pass through: instruction (+ input) -> output;
+- bring-your-own pairs pass through: instruction (+ input) -> output, a conversation's earlier turns as `history`;
 - article chunks become pairs through `generate.backend`:
   `extractive` (default; offline, deterministic) asks about literal spans of the chunk (numbers with units,
   versions, flags, commands, settings, names, identifiers) as wh- or fill-in-the-blank questions
@@ -35,7 +35,7 @@ METRICS = Path("metrics/generate.json")
 REQUIRED = {
     "article": ("id", "source", "source_sha256", "chunk_index", "text"),
     "code": ("id", "source", "source_sha256", "line", "symbol", "language", "instruction", "output"),
-    "pair": ("id", "source", "source_sha256", "line", "instruction", "input", "output"),
+    "pair": ("id", "source", "source_sha256", "line", "instruction", "input", "output", "history"),
 }
 LANGUAGE_NAMES = {  # how a code question names the record's language
     "go": "Go",
@@ -135,13 +135,16 @@ def is_pairs_reply(reply: str) -> bool:
 # ---------------------------------------------------------------- records -> pairs
 
 
-def pair_row(record: dict[str, Any], question: str, answer: str, context: str, generator: str) -> dict[str, Any]:
+def pair_row(
+    record: dict[str, Any], question: str, answer: str, context: str, generator: str, history: str = ""
+) -> dict[str, Any]:
     return {
         "id": stable_id(record["id"], question, answer),
         "kind": record["kind"],
         "question": question,
         "answer": answer,
         "context": context,
+        "history": history,
         "source": record["source"],
         "source_sha256": record["source_sha256"],
         "chunk_id": record["id"],
@@ -158,7 +161,7 @@ def passthrough_pair(record: dict[str, Any]) -> dict[str, Any]:
         return pair_row(record, question, record["output"], record["output"], "passthrough")
     extra = record["input"] or ""
     question = record["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
-    return pair_row(record, question, record["output"], extra, "passthrough")
+    return pair_row(record, question, record["output"], extra, "passthrough", record["history"] or "")
 
 
 def generate_pairs(

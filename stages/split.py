@@ -18,7 +18,7 @@ from typing import Any, Literal
 import polars as pl
 
 from stages.lib.common import UserError, log, read_table, write_json, write_parquet
-from stages.lib.pairs import PAIR_COLUMNS, normalize_question
+from stages.lib.pairs import PAIR_COLUMNS, question_key
 from stages.lib.params import load_params, require, section_config
 
 INPUT = Path("data/validate/valid.parquet")
@@ -81,12 +81,12 @@ def group_eval_ids(pairs: pl.DataFrame, cfg: SplitConfig) -> set[str]:
 
 
 def leaking_ids(train: pl.DataFrame, eval_: pl.DataFrame) -> tuple[set[str], set[str]]:
-    """Eval ids whose normalised question, or whose (answer, source), also occurs in train."""
-    train_questions = {normalize_question(q) for q in train["question"]}
+    """Eval ids whose normalised question (after the same turns), or whose (answer, source), also occurs in train."""
+    train_questions = {question_key(q, h) for q, h in zip(train["question"], train["history"], strict=True)}
     train_answers = set(zip(train["answer"], train["source"], strict=True))
     by_question, by_answer = set(), set()
     for row in eval_.iter_rows(named=True):
-        if normalize_question(row["question"]) in train_questions:
+        if question_key(row["question"], row["history"]) in train_questions:
             by_question.add(row["id"])
         elif (row["answer"], row["source"]) in train_answers:
             by_answer.add(row["id"])

@@ -1,8 +1,9 @@
 """Stage `train`: LoRA (or QLoRA) fine-tune of `models/base/` on the train pairs -> `models/adapter/`.
 
-Each pair becomes a conversation: prompt = [system `train.system_prompt`, user question], completion =
-[assistant answer]. trl's SFTTrainer applies the base model's chat template and computes the loss on the
-completion tokens only. Precision follows the device (`chat.pick_precision`); `train.quantization: 4bit` loads
+Each pair becomes a conversation (the chat core, stages/lib/chat.py): [system `train.system_prompt` (or the
+record's own), the earlier turns of a multi-turn pair, user question, assistant answer], rendered with
+`train.chat_template` and tokenized there; the loss falls on every assistant turn (text and end of turn) only.
+Precision follows the device (`chat.pick_precision`); `train.quantization: 4bit` loads
 the base in bitsandbytes NF4 (CUDA only). Loss and eval loss are logged per step to `dvclive/train/`.
 
 Run: `loradag train` (or `dvc repro train`). Writes `models/adapter/` (adapter_config.json,
@@ -31,6 +32,7 @@ import polars as pl
 
 from stages.lib import chat
 from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
+from stages.lib.pairs import history_messages
 from stages.lib.params import ConfigError, load_params, require, section_config
 
 BASE_DIR = Path("models/base")
@@ -70,6 +72,7 @@ class LoraConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT  # evaluate and serving ask with it too
+    chat_template: str = "model"  # model | chatml | chat_templates/<name>.jinja; evaluate, export, serving too
     quantization: Literal["none", "4bit"] = "none"
     lora: LoraConfig = field(default_factory=LoraConfig)
     epochs: int = 3
@@ -85,6 +88,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         chat.check_system_prompt(self.system_prompt)
+        chat.check_chat_template(self.chat_template)
         require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         require(
             self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", f"must be -1 or >= 1, got {self.max_steps}"
@@ -104,9 +108,20 @@ def check_quantization(quantization: str, cuda_available: bool) -> None:
         )
 
 
-def conversations(pairs: pl.DataFrame, system_prompt: str) -> list[dict[str, Any]]:
-    """Pairs -> trl prompt/completion rows (the chat core's training examples), in table order."""
-    return [chat.training_example(q, a, system_prompt) for q, a in pairs.select("question", "answer").iter_rows()]
+def conversations(pairs: pl.DataFrame, system_prompt: str, tokenizer: Any) -> list[dict[str, Any]]:
+    """Pairs -> tokenized trl rows (the chat core's training examples, every assistant turn learned), in order."""
+    rows = pairs.select("question", "answer", "history").iter_rows()
+    return [
+        chat.training_example(tokenizer, chat.conversation(q, a, system_prompt, history_messages(h)))
+        for q, a, h in rows
+    ]
+
+
+def example_counts(trainer: Any, train_df: pl.DataFrame) -> dict[str, int]:
+    """Conversations trained on (trl drops one that truncation left without an answer) and the assistant turns
+    they hold: each is learned, so a multi-turn pair counts more than once."""
+    turns = sum(1 + sum(m["role"] == "assistant" for m in history_messages(h)) for h in train_df["history"])
+    return {"train_examples": len(trainer.train_dataset), "train_assistant_turns": turns}
 
 
 # ---------------------------------------------------------------- model and LoRA
@@ -236,8 +251,8 @@ def build_trainer(
     trainer = SFTTrainer(
         model=model,
         args=sft_args(cfg, precision, output_dir),
-        train_dataset=Dataset.from_list(conversations(train_df, cfg.system_prompt)),
-        eval_dataset=Dataset.from_list(conversations(eval_df, cfg.system_prompt)),
+        train_dataset=Dataset.from_list(conversations(train_df, cfg.system_prompt, tokenizer)),
+        eval_dataset=Dataset.from_list(conversations(eval_df, cfg.system_prompt, tokenizer)),
         processing_class=tokenizer,
         callbacks=[eval_at_end_callback(), *callbacks],
     )
@@ -366,15 +381,16 @@ def main(params_path: Path) -> None:
     cuda = torch.cuda.is_available()
     check_quantization(cfg.quantization, cuda)
     precision = chat.device_precision()
-    train_df, eval_df = (read_table(path, "split", ["question", "answer"]) for path in (TRAIN_DATA, EVAL_DATA))
+    columns = ["question", "answer", "history"]
+    train_df, eval_df = (read_table(path, "split", columns) for path in (TRAIN_DATA, EVAL_DATA))
     model = chat.load_model(BASE_DIR, precision, cfg.quantization)
-    tokenizer = chat.load_tokenizer(BASE_DIR)
+    tokenizer = chat.load_tokenizer(BASE_DIR, chat_template=cfg.chat_template)
     peft_model = attach_lora(model, cfg)
     # The curves are written to a folder that replaces dvclive/train only when training succeeds, like every output.
     with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch, atomic_dir(LIVE_DIR) as live_dir:
         callbacks = [live_callback(live_dir)]
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, Path(scratch), callbacks)
-        metrics = run_training(trainer, cfg)
+        metrics = run_training(trainer, cfg) | example_counts(trainer, train_df)
         save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
     write_json(metrics, METRICS)
     log.info(

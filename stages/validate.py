@@ -34,7 +34,14 @@ from stages.lib.common import (
     write_parquet,
     write_text,
 )
-from stages.lib.pairs import PAIR_COLUMNS, normalize_question, pair_schema, refusal_phrases, refusal_regex
+from stages.lib.pairs import (
+    PAIR_COLUMNS,
+    history_problem,
+    pair_schema,
+    question_key,
+    refusal_phrases,
+    refusal_regex,
+)
 from stages.lib.params import load_params, require, section_config
 
 INPUT = Path("data/generate/pairs.parquet")
@@ -50,6 +57,7 @@ EXPECTATIONS = (
     "answer_words",
     "unique_id",
     "unique_question",
+    "history",
     "no_refusal",
     "grounded",
 )
@@ -159,12 +167,14 @@ def ungrounded_terms(kind: str | None, answer: str | None, context: str | None, 
 def derive_columns(pairs: pl.DataFrame, grounding: bool) -> pl.DataFrame:
     """The frame GX sees: blank required fields as null, plus the columns the computed rules check."""
     frame = pairs.with_columns(pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c)).alias(c) for c in REQUIRED)
-    questions = frame["question"].to_list()
-    norm = pl.Series("question_norm", [None if q is None else normalize_question(q) for q in questions], pl.String)
+    rows = list(zip(frame["question"].to_list(), frame["history"].to_list(), strict=True))
+    norm = pl.Series("question_norm", [None if q is None else question_key(q, h) for q, h in rows], pl.String)
+    problems = pl.Series("history_problem", [history_problem(h) for _, h in rows], pl.String)
     frame = frame.with_columns(
         pl.col("question").str.count_matches(r"\S+").alias("question_word_count"),
         pl.col("answer").str.count_matches(r"\S+").alias("answer_word_count"),
         norm,
+        problems,
     )
     first_id = pl.col("id").first().over("question_norm").fill_null("(row without id)")
     repeat = pl.int_range(pl.len()).over("question_norm") > 0
@@ -195,7 +205,13 @@ def build_suite(contract: Contract) -> Any:
         ),
         "unique_id": gxe.ExpectColumnValuesToBeUnique(column="id"),
         "unique_question": gxe.ExpectColumnValuesToBeNull(
-            column="duplicate_of", notes="Same question as an earlier pair (case, whitespace and punctuation folded)."
+            column="duplicate_of",
+            notes="Same question (case, whitespace and punctuation folded) after the same turns as an earlier pair.",
+        ),
+        "history": gxe.ExpectColumnValuesToBeNull(
+            column="history_problem",
+            notes="A conversation's earlier turns: JSON [{role, content}], an optional system turn, then user and "
+            "assistant turns alternating, ending before the question's user turn.",
         ),
         "no_refusal": gxe.ExpectColumnValuesToNotMatchRegexList(
             column="answer", regex_list=[refusal_regex(p) for p in contract.refusal_phrases]

@@ -53,7 +53,9 @@ def test_params_are_as_narrow_as_what_changes_the_outputs() -> None:
     generate = DVC["generate"]["params"]
     assert "generate" not in generate and "generate.${generate.backend}" in generate
     assert "generate.cache_dir" not in generate
-    assert {"evaluate", "extract.kind", "refusal_phrases", "train.system_prompt"} == set(DVC["evaluate"]["params"])
+    evaluate = {"evaluate", "extract.kind", "refusal_phrases", "train.system_prompt", "train.chat_template"}
+    assert evaluate == set(DVC["evaluate"]["params"])
+    assert {"export", "train.chat_template"} == set(DVC["export"]["params"])  # the exported tokenizer's template
 
 
 def changed_stages(project, *stages: str) -> set[str]:  # noqa: ANN001

@@ -223,7 +223,7 @@ def test_bad_code_files_are_reported_in_path_order_whatever_the_language(tmp_pat
         extract(tmp_path, config(kind="code", root=str(tmp_path)))
 
 
-def test_pairs_kind_normalises_three_shapes(tmp_path: Path) -> None:
+def test_pairs_kind_keeps_a_multi_turn_conversation_as_one_record(tmp_path: Path) -> None:
     rows = [
         {"instruction": "Summarise", "input": "some text", "output": "short"},
         {"question": "What runs the DAG?", "answer": "dvc repro"},
@@ -242,10 +242,15 @@ def test_pairs_kind_normalises_three_shapes(tmp_path: Path) -> None:
     assert table.select("line", "instruction", "input", "output").rows() == [
         (1, "Summarise", "some text", "short"),
         (2, "What runs the DAG?", "", "dvc repro"),
-        (3, "Hi?", "", "Hello."),
-        (3, "Port?", "", "8000"),
+        (3, "Port?", "", "8000"),  # the last turn is the pair; the earlier turns are its history
     ]
-    assert counts["records"] == 4
+    assert table["history"].to_list()[:2] == ["", ""]
+    assert json.loads(table["history"][2]) == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+    assert counts["records"] == 3
 
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ def test_byo_pairs_pass_through_with_their_input_appended() -> None:
         "instruction": "Translate to French.",
         "input": "Good morning",
         "output": "Bonjour",
+        "history": "",
     }
     row = passthrough_pair(record)
     assert (row["question"], row["answer"], row["context"]) == (
@@ -100,6 +101,9 @@ def test_byo_pairs_pass_through_with_their_input_appended() -> None:
     )
     assert row["symbol"] is None and row["chunk_id"] == "p1"
     assert passthrough_pair(record | {"input": ""})["question"] == "Translate to French."
+    assert row["history"] == ""
+    turns = '[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hallo"}]'
+    assert passthrough_pair(record | {"history": turns})["history"] == turns  # a conversation's earlier turns
 
 
 # --- params -------------------------------------------------------------------------------------------

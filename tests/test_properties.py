@@ -214,7 +214,10 @@ def extract_params(draw: st.DrawFn) -> dict[str, Any]:
             "min_lines": draw(st.integers(1, 100)),
             "languages": draw(st.lists(st.sampled_from(["go", "python"]), unique=True)),
         },
-    }
+        "pairs": {"columns": {"question": draw(st.sampled_from([None, "prompt"])), "answer": None,
+                              "instruction": None, "input": None, "output": None, "system": None,
+                              "messages": draw(st.sampled_from([None, "dialog"])), "conversations": None}},
+    }  # fmt: skip
 
 
 @FAST

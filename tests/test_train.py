@@ -88,14 +88,18 @@ def test_loss_mask_covers_exactly_the_answer_and_end_of_turn(
     model, tokenizer = load_base(tiny_model_dir)
     pairs = make_pairs(3)
     trainer = train.build_trainer(train.attach_lora(model, QUICK), tokenizer, QUICK, FP32, pairs, pairs, tmp_path, [])
-    for example, row in zip(trainer.train_dataset, train.conversations(pairs, QUICK.system_prompt), strict=True):
+    assert [row["labels"] for row in train.conversations(pairs, QUICK.system_prompt, tokenizer)] == [
+        example["labels"] for example in trainer.train_dataset
+    ]  # what trl trains on is the chat core's example, unchanged
+    for example, (question, answer) in zip(trainer.train_dataset, pairs.select("question", "answer").iter_rows(),
+                                            strict=True):  # fmt: skip
         ids, labels = example["input_ids"], example["labels"]
         start = next(i for i, label in enumerate(labels) if label != -100)
         assert all(label != -100 for label in labels[start:])  # one contiguous span up to the end
         assert labels[start:] == ids[start:]
-        answer = row["completion"][0]["content"]
         assert tokenizer.decode(ids[start:]) == answer + "<|im_end|>\n"
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        messages = chat.prompt_messages(question, QUICK.system_prompt)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         assert tokenizer.decode(ids[:start]) == prompt
         assert QUICK.system_prompt in prompt and prompt.endswith("<|im_start|>assistant\n")
 
@@ -217,8 +221,11 @@ def test_main_writes_adapter_metrics_and_dvclive_curves(
             "peak_memory_mb",
             "steps",
             "epochs",
+            "train_examples",
+            "train_assistant_turns",
         ]
     )
+    assert metrics["train_examples"] == metrics["train_assistant_turns"] == 10  # single-turn pairs: one turn each
     assert metrics["steps"] == 2 and metrics["trainable_params"] == 32768  # r=16 on 7 linears x 2 blocks
     assert 0 < metrics["trainable_params"] < metrics["total_params"] and metrics["tokens_per_s"] > 0
     assert 5 < metrics["eval_loss"] < 15 and metrics["peak_memory_mb"] > 100  # random init: ~ln(49152) = 10.8

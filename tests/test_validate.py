@@ -32,6 +32,7 @@ def pair(id: str, kind: str, question: str, answer: str, context: str, source: s
         "question": question,
         "answer": answer,
         "context": context,
+        "history": "",
         "source": source,
         "source_sha256": "0" * 64,
         "chunk_id": f"{source}#0",
@@ -99,6 +100,13 @@ def test_good_pairs_all_pass_and_every_expectation_is_counted(context: Any) -> N
         ("grounded", {"kind": "article", "context": RAFT, "answer": "A cluster usually runs 7 servers."}),
         ("grounded", {"kind": "code", "context": PUSH, "answer": PUSH, "symbol": "Peek"}),
         ("grounded", {"kind": "code", "context": PUSH, "answer": PUSH, "symbol": None}),
+        ("history", {"history": "[{'role': 'user'}]"}),  # not JSON
+        ("history", {"history": json.dumps([{"role": "user", "content": "Hi"}])}),  # ends before its answer
+        (
+            "history",
+            {"history": json.dumps([{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "?"}])},
+        ),
+        ("history", {"history": json.dumps([{"role": "user", "content": " "}, {"role": "assistant", "content": "A"}])}),
     ],
 )
 def test_a_planted_bad_row_is_rejected_by_exactly_its_expectation(
@@ -110,6 +118,18 @@ def test_a_planted_bad_row_is_rejected_by_exactly_its_expectation(
     assert outcome.valid.equals(frame(GOOD))  # the good rows pass, in their input order
     assert outcome.failed[expectation] == 1
     assert outcome.rejected[0] == bad | {"failed": [expectation]}  # the row as it came in, plus why
+
+
+def test_a_well_formed_history_passes_and_makes_a_repeated_question_another_question(context: Any) -> None:
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Which port does serve use?"},
+             {"role": "assistant", "content": "8000."}]  # fmt: skip
+    other = [{"role": "user", "content": "Which port does the remote use?"}, {"role": "assistant", "content": "22."}]
+    first = PLANTED | {"id": "h1", "question": "And can I change it?", "history": json.dumps(turns)}
+    second = PLANTED | {"id": "h2", "question": "and can I change it", "history": json.dumps(other)}
+    again = PLANTED | {"id": "h3", "question": "And can I change it?", "history": json.dumps(turns), "chunk_id": "x"}
+    outcome = run(context, [first, second, again])
+    assert reasons(outcome) == {"x": ["unique_question"]}  # the same question after the same turns only
+    assert outcome.valid["id"].to_list() == ["h1", "h2"]
 
 
 def test_a_repeated_id_rejects_every_row_that_holds_it(context: Any) -> None:

@@ -3,20 +3,24 @@
 train (what trl tokenizes), evaluate, the transformers backend and serving all build prompts here, so the
 prompt a model is trained on is, token for token, the prompt it is asked with:
 
-    messages = prompt_messages(question, system_prompt)     # [system, user]
+    messages = prompt_messages(question, system_prompt, history)  # [system, earlier turns..., user]
     rag = prompt_messages(with_passages(question, passages), system_prompt)  # retrieved passages, then the question
-    example = training_example(question, answer, system_prompt)  # trl prompt/completion row
+    example = training_example(tokenizer, conversation(question, answer, system_prompt, history))  # ids + labels
     ids = prompt_ids(tokenizer, messages)                   # the template's generation prompt, tokenized
     for answer in generate(model, tokenizer, [messages], Sampling(max_new_tokens=96), batch_size=16): ...
 
-Model loading lives here too: the precision a device gets, the pad-token fallback and the ChatML template
-for tokenizers that ship none.
+A pair's `history` (a multi-turn conversation's earlier turns) may open with the record's own system prompt,
+which then replaces `train.system_prompt`. Training learns every assistant turn of a conversation.
+
+Model loading lives here too: the precision a device gets, the pad-token fallback, the ChatML template for
+tokenizers that ship none, and `train.chat_template` (model | chatml | a .jinja file under chat_templates/),
+applied in `load_tokenizer`, the one place train, evaluate, export and serving get a tokenizer.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,19 +32,31 @@ Conversation = list[dict[str, str]]
 
 DEFAULT_SYSTEM_PROMPT = "You are loradag's assistant. Answer from what you learned, tersely."
 
-# ChatML, for base models that ship no chat template of their own.
+# ChatML, for base models that ship no chat template of their own (and `train.chat_template: chatml`).
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+TEMPLATE_DIR = Path("chat_templates")  # a DVC dependency of train, evaluate and export: template files live here
+NAMED_TEMPLATES = ("model", "chatml")
 
 
 # ---------------------------------------------------------------- conversations
 
 
-def prompt_messages(question: str, system_prompt: str) -> Conversation:
-    """What the model is asked for one pair, in training, evaluation and serving alike."""
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+def prompt_messages(question: str, system_prompt: str, history: Sequence[dict[str, str]] = ()) -> Conversation:
+    """What the model is asked for one pair, in training, evaluation and serving alike: the system prompt (the
+    record's own when its history opens with one, else `system_prompt`), the earlier turns, the question."""
+    turns = list(history)
+    system = turns.pop(0) if turns and turns[0]["role"] == "system" else {"role": "system", "content": system_prompt}
+    return [system, *turns, {"role": "user", "content": question}]
+
+
+def conversation(
+    question: str, answer: str, system_prompt: str, history: Sequence[dict[str, str]] = ()
+) -> Conversation:
+    """A pair as the whole conversation training learns: the prompt, then the answer."""
+    return [*prompt_messages(question, system_prompt, history), {"role": "assistant", "content": answer}]
 
 
 def with_passages(question: str, passages: list[str]) -> str:
@@ -49,12 +65,28 @@ def with_passages(question: str, passages: list[str]) -> str:
     return f"Passages:\n{context}\n\nAnswer from the passages if they help.\nQuestion: {question}"
 
 
-def training_example(question: str, answer: str, system_prompt: str) -> dict[str, Conversation]:
-    """A trl prompt/completion row: the loss falls on the completion (the answer and its end of turn) only."""
-    return {
-        "prompt": prompt_messages(question, system_prompt),
-        "completion": [{"role": "assistant", "content": answer}],
-    }
+def training_example(tokenizer: Any, messages: Conversation) -> dict[str, list[int]]:
+    """A tokenized trl row: the conversation's ids, and labels on every assistant turn (its text and end of turn).
+
+    Each assistant span starts where the prompt for that turn (`prompt_ids`, what evaluation and serving feed)
+    ends, and stops where the conversation up to that turn ends; system and user tokens are masked (-100).
+    """
+    ids = conversation_ids(tokenizer, messages)
+    labels = [-100] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = common_prefix(prompt_ids(tokenizer, messages[:i]), ids)
+            end = common_prefix(conversation_ids(tokenizer, messages[: i + 1]), ids)
+            labels[start:end] = ids[start:end]
+    return {"input_ids": ids, "labels": labels}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share (a template may render a turn differently once it is last)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def with_system_prompt(messages: Conversation, system_prompt: str) -> Conversation:
@@ -76,6 +108,25 @@ def check_system_prompt(value: Any) -> None:
         raise ConfigError(f"train.system_prompt must be a non-empty string, got {value!r}")
 
 
+def chat_template(params: dict[str, Any]) -> str:
+    """`train.chat_template`, which evaluate, export and serving must apply exactly as train did."""
+    value = (params.get("train") or {}).get("chat_template", "model")
+    check_chat_template(value)
+    return value
+
+
+def check_chat_template(value: Any) -> None:
+    """model | chatml | the path of a .jinja file under chat_templates/ (where DVC tracks it)."""
+    if isinstance(value, str) and value in NAMED_TEMPLATES:
+        return
+    ok = isinstance(value, str) and value.endswith(".jinja") and Path(value).parts[:1] == (TEMPLATE_DIR.name,)
+    if not ok or ".." in Path(value).parts:
+        raise ConfigError(
+            f"train.chat_template must be model, chatml or the path of a .jinja file under {TEMPLATE_DIR}/ "
+            f"(a DVC dependency, so an edit reruns what it changes), got {value!r}"
+        )
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -87,6 +138,12 @@ def render_prompt(tokenizer: Any, messages: Conversation) -> str:
 def prompt_ids(tokenizer: Any, messages: Conversation) -> list[int]:
     # The template writes any special tokens itself; the tokenizer must not add a second BOS.
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def conversation_ids(tokenizer: Any, messages: Conversation) -> list[int]:
+    """A finished conversation (its last assistant turn closed), tokenized as `prompt_ids` tokenizes a prompt."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_batch(tokenizer: Any, conversations: list[Conversation]) -> Any:
@@ -231,14 +288,48 @@ def prepare_tokenizer(tokenizer: Any) -> str:
     return "chatml_default"
 
 
-def load_tokenizer(path: Path, padding_side: Literal["left", "right"] = "right") -> Any:
+def load_tokenizer(path: Path, padding_side: Literal["left", "right"] = "right", chat_template: str = "model") -> Any:
+    """The folder's tokenizer with `train.chat_template` applied: its own template, ChatML, or a .jinja file."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
     if not tokenizer.chat_template:
         raise UserError(f"{path}: the tokenizer has no chat template; prepare the folder with `loradag model`")
     prepare_tokenizer(tokenizer)
+    if chat_template != "model":
+        tokenizer.chat_template = CHATML_TEMPLATE if chat_template == "chatml" else read_template(Path(chat_template))
+        check_template(tokenizer, f"train.chat_template: {chat_template}")
     return tokenizer
+
+
+def read_template(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"train.chat_template: {path} cannot be read ({getattr(err, 'strerror', None) or err})"
+        ) from err
+
+
+PROBE = [
+    {"role": "system", "content": "probe system"},
+    {"role": "user", "content": "probe question one"},
+    {"role": "assistant", "content": "probe answer one"},
+    {"role": "user", "content": "probe question two"},
+]
+
+
+def check_template(tokenizer: Any, where: str) -> None:
+    """A template must render a multi-turn conversation and keep every turn's text; `where` names it in the error."""
+    import jinja2
+
+    try:
+        text = render_prompt(tokenizer, PROBE)
+    except (jinja2.TemplateError, TypeError, ValueError) as err:
+        raise UserError(f"{where}: the template does not render a conversation ({type(err).__name__}: {err})") from err
+    dropped = [m["content"] for m in PROBE if m["content"] not in text]
+    if dropped:
+        raise UserError(f"{where}: the template drops turns: {', '.join(map(repr, dropped))} missing from its output")
 
 
 def load_model(path: Path, precision: Precision, quantization: Literal["none", "4bit"] = "none") -> Any:
@@ -258,8 +349,9 @@ def load_model(path: Path, precision: Precision, quantization: Literal["none", "
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def load_for_generation(base: Path, adapter: Path | None = None) -> tuple[Any, Any]:
-    """(model in eval mode on the best device, left-padding tokenizer); with `adapter`, a PEFT model on `base`."""
+def load_for_generation(base: Path, adapter: Path | None = None, chat_template: str = "model") -> tuple[Any, Any]:
+    """(model in eval mode on the best device, left-padding tokenizer with `chat_template` applied); with
+    `adapter`, a PEFT model on `base`."""
     import torch
 
     model = load_model(base, device_precision()).to("cuda" if torch.cuda.is_available() else "cpu")
@@ -269,7 +361,7 @@ def load_for_generation(base: Path, adapter: Path | None = None) -> tuple[Any, A
         if not (adapter / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: no adapter there (no adapter_config.json); run `loradag train` first")
         model = PeftModel.from_pretrained(model, adapter)
-    return model.eval(), load_tokenizer(base, padding_side="left")
+    return model.eval(), load_tokenizer(base, padding_side="left", chat_template=chat_template)
 
 
 def load_adapters(model: Any, adapters: dict[str, Path]) -> Any:

@@ -67,10 +67,13 @@ def main(
 ) -> None:
     from rich.console import Console
 
-    system_prompt = chat.system_prompt(load_params(params))  # as train asked
+    settings = load_params(params)
+    system_prompt = chat.system_prompt(settings)  # as train asked
     sampling = chat.Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
     sides = list(SIDES) if side == "both" else [side]
-    model, tokenizer = chat.load_for_generation(base, adapter if "adapter" in sides else None)
+    model, tokenizer = chat.load_for_generation(
+        base, adapter if "adapter" in sides else None, chat.chat_template(settings)
+    )
     console = Console()
     if question is not None:
         ask(model, tokenizer, question, sides, system_prompt, sampling, console)

@@ -107,7 +107,7 @@ def serve(
     try:
         specs = adapter or ([f"adapter={ADAPTER_DIR}"] if (ADAPTER_DIR / "adapter_config.json").is_file() else [])
         adapters = module.parse_adapters(specs, base_name)
-        engine = module.load_engine(base, adapters, base_name, max_tokens_limit)
+        engine = module.load_engine(base, adapters, base_name, max_tokens_limit, module.training_chat_template(params))
         module.run(engine, module.training_system_prompt(params), module.api_key_from(api_key_env), host, port)
     except UserError as err:
         fail("serve", str(err))

@@ -342,9 +342,11 @@ def parse_adapters(specs: list[str], base_name: str) -> dict[str, Path]:
     return adapters
 
 
-def load_engine(base: Path, adapters: dict[str, Path], base_name: str, max_tokens_limit: int) -> Engine:
-    """The base once, on the best device, with every adapter loaded onto it."""
-    model, tokenizer = chat.load_for_generation(base)
+def load_engine(
+    base: Path, adapters: dict[str, Path], base_name: str, max_tokens_limit: int, chat_template: str = "model"
+) -> Engine:
+    """The base once, on the best device, with every adapter loaded onto it; prompts in `train.chat_template`."""
+    model, tokenizer = chat.load_for_generation(base, chat_template=chat_template)
     if adapters:
         model = chat.load_adapters(model, adapters)
     return Engine(model, tokenizer, base_name, list(adapters), max_tokens_limit)
@@ -353,6 +355,11 @@ def load_engine(base: Path, adapters: dict[str, Path], base_name: str, max_token
 def training_system_prompt(params: Path) -> str:
     """`train.system_prompt`: what a request without a system message is asked with."""
     return chat.system_prompt(load_params(params))
+
+
+def training_chat_template(params: Path) -> str:
+    """`train.chat_template`: the template requests are rendered with, as training rendered its examples."""
+    return chat.chat_template(load_params(params))
 
 
 def api_key_from(env_name: str) -> str | None:
