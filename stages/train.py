@@ -86,7 +86,7 @@ class TrainConfig:
     max_length: int = 512
     seed: int = 42
     gradient_checkpointing: bool = False
-    save_steps: int = 50  # a checkpoint every N optimizer steps, 0 = none (a killed run then starts over)
+    save_steps: int | float = 0.2  # a checkpoint every N optimizer steps, or a fraction of them (< 1); 0 = none
     save_total_limit: int = 1
     processes: int | Literal["auto"] = 1
     accelerate_config: str = ""
@@ -102,7 +102,11 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
         require(self.max_length >= 16, "train.max_length", f"must be >= 16, got {self.max_length}")
-        require(self.save_steps >= 0, "train.save_steps", f"must be >= 0 (0 = no checkpoints), got {self.save_steps}")
+        require(
+            self.save_steps >= 0 if isinstance(self.save_steps, int) else 0 < self.save_steps < 1,
+            "train.save_steps",
+            f"must be a step count >= 0 (0 = no checkpoints) or a fraction of the run in (0, 1), got {self.save_steps}",
+        )
         require(self.save_total_limit >= 1, "train.save_total_limit", f"must be >= 1, got {self.save_total_limit}")
         if self.processes != "auto":
             require(self.processes >= 1, "train.processes", f"must be auto or >= 1, got {self.processes}")
@@ -189,7 +193,7 @@ def run_args(cfg: TrainConfig, processes: int) -> dict[str, Any]:
     per_device = cfg.batch_size // processes  # processes_for checked that it divides
     return {
         "per_device_train_batch_size": per_device, "per_device_eval_batch_size": per_device,
-        "save_strategy": "steps" if cfg.save_steps else "no", "save_steps": max(cfg.save_steps, 1),
+        "save_strategy": "steps" if cfg.save_steps else "no", "save_steps": cfg.save_steps or 1,
         "save_total_limit": cfg.save_total_limit,
         "ddp_find_unused_parameters": False,  # every LoRA weight gets a gradient: skip DDP's extra graph walk
     }  # fmt: skip
@@ -438,7 +442,7 @@ def train_and_save(
     writer = launch.is_main_process()  # the other processes of a data-parallel run hold the same weights
     # The curves are written to a folder that replaces dvclive/train only when training succeeds, like every output.
     with atomic_dir(LIVE_DIR) if writer else contextlib.nullcontext() as live_dir:
-        callbacks = [live_callback(live_dir)] if writer else []
+        callbacks = [checkpoints.no_checkpoint_at_end(), *([live_callback(live_dir)] if writer else [])]
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, CHECKPOINTS, callbacks)
         metrics = run_training(trainer, cfg, resume)
         gathered = gathered_weights(trainer)

@@ -21,6 +21,7 @@ from project import QUICK_PARAMS, Project, copy_project
 from stages import train
 from stages.lib import checkpoints, launch
 from stages.lib.common import UserError, sha256_tree, write_parquet
+from stages.lib.params import ConfigError, from_dict
 
 # ---------------------------------------------------------------- which checkpoint a rerun resumes from
 
@@ -108,8 +109,11 @@ def test_each_process_takes_its_share_of_the_batch_and_checkpoints_are_on(monkey
     cfg = train.TrainConfig(batch_size=8, grad_accum=2)
     assert train.run_args(cfg, 2)["per_device_train_batch_size"] == 4  # global batch 2 x 4 x 2 = 8 x 2, as alone
     args = train.run_args(cfg, 1)
-    assert (args["per_device_train_batch_size"], args["save_strategy"], args["save_steps"]) == (8, "steps", 50)
+    assert (args["per_device_train_batch_size"], args["save_strategy"], args["save_steps"]) == (8, "steps", 0.2)
     assert train.run_args(train.TrainConfig(save_steps=0), 1)["save_strategy"] == "no"
+    assert train.run_args(train.TrainConfig(save_steps=20), 1)["save_steps"] == 20  # a step count
+    with pytest.raises(ConfigError, match=r"train.save_steps must be a step count >= 0 .* got 1.5"):
+        from_dict(train.TrainConfig, {"save_steps": 1.5}, "train")
 
 
 @pytest.mark.parametrize("example", ["ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"])
@@ -236,13 +240,15 @@ def kill_9_after_first_checkpoint(project: Project) -> Path:
 
 @pytest.mark.slow
 def test_kill_9_under_dvc_repro_then_rerun_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "loradag", QUICK_PARAMS | {"train.max_steps": 6, "train.save_steps": 2})
+    project = copy_project(tmp_path / "loradag", QUICK_PARAMS | {"train.max_steps": 4, "train.save_steps": 2})
     project.dvc("repro", "train")
     uninterrupted = {output: sha256_tree(project.root / output) for output in TRAIN_OUTPUTS}
     assert not (project.root / train.CHECKPOINTS).exists()
 
     forget_train_outputs(project)
     killed_at = kill_9_after_first_checkpoint(project)
+    left_by_the_kill = tmp_path / "left-by-the-kill"
+    shutil.copytree(project.root / train.CHECKPOINTS, left_by_the_kill)
     log = project.dvc("repro", "train")
     assert f"resuming from {train.CHECKPOINTS}/{killed_at.name}" in log
     resumed = {output: sha256_tree(project.root / output) for output in TRAIN_OUTPUTS}
@@ -250,9 +256,9 @@ def test_kill_9_under_dvc_repro_then_rerun_resumes_to_the_adapter_of_an_uninterr
     assert resumed == uninterrupted  # the adapter, bitwise, and the loss curves: same steps, same values
     assert "Data and pipelines are up to date." in project.dvc("status", "train")
 
-    forget_train_outputs(project)
-    kill_9_after_first_checkpoint(project)
-    project.set_params({"train.learning_rate": 1.0e-4})  # another experiment: the checkpoint is not its own
+    # the same kill, then another experiment (a changed param): the checkpoint is not its own
+    shutil.copytree(left_by_the_kill, project.root / train.CHECKPOINTS)
+    project.set_params({"train.max_steps": 2})
     log = project.dvc("repro", "train")
     assert "starting fresh" in log and "resuming" not in log
-    assert sha256_tree(project.root / "models/adapter") != uninterrupted["models/adapter"]
+    assert json.loads(project.read("metrics/train.json"))["steps"] == 2

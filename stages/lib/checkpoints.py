@@ -86,6 +86,19 @@ def prepare(folder: Path, run_fingerprint: str, parts: dict[str, Any]) -> Path |
     return None
 
 
+def no_checkpoint_at_end() -> Any:
+    """A trainer callback: the adapter is written right after the last step, so a checkpoint there (which the
+    trainer would save) would only be deleted unread."""
+    from transformers import TrainerCallback
+
+    class NoCheckpointAtEnd(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
+    return NoCheckpointAtEnd()
+
+
 def clear(folder: Path) -> None:
     """After a finished run: its checkpoints can never be resumed (a rerun of the same run has nothing to do)."""
     shutil.rmtree(folder, ignore_errors=True)
