@@ -273,7 +273,7 @@ def build_trainer(
         train_dataset=Dataset.from_list(conversations(train_df, cfg.system_prompt)),
         eval_dataset=Dataset.from_list(conversations(eval_df, cfg.system_prompt)),
         processing_class=tokenizer,
-        callbacks=[eval_at_end_callback(), *callbacks],
+        callbacks=[eval_at_end_callback(), checkpoints.no_checkpoint_at_end(), *callbacks],
     )
     if precision.lora_fp32:  # after SFTTrainer, which casts the LoRA params of a quantized model to bf16
         for param in trainer.model.parameters():
@@ -442,7 +442,7 @@ def train_and_save(
     writer = launch.is_main_process()  # the other processes of a data-parallel run hold the same weights
     # The curves are written to a folder that replaces dvclive/train only when training succeeds, like every output.
     with atomic_dir(LIVE_DIR) if writer else contextlib.nullcontext() as live_dir:
-        callbacks = [checkpoints.no_checkpoint_at_end(), *([live_callback(live_dir)] if writer else [])]
+        callbacks = [live_callback(live_dir)] if writer else []
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, CHECKPOINTS, callbacks)
         metrics = run_training(trainer, cfg, resume)
         gathered = gathered_weights(trainer)
