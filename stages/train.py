@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import chat
+from stages.lib import chat, checkpoints, launch
 from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
 from stages.lib.pairs import history_messages
 from stages.lib.params import ConfigError, load_params, require, section_config
@@ -42,6 +42,10 @@ OUT_DIR = Path("models/adapter")
 METRICS = Path("metrics/train.json")
 LIVE_DIR = Path("dvclive/train")
 LOCK_FILE = Path("requirements.lock")  # the exact environment scripts/setup.sh installs
+CHECKPOINTS = Path("models/checkpoints")  # not a DVC output: see stages/lib/checkpoints.py
+# the code that decides what a run computes: a checkpoint of other code is not resumed (dvc.yaml deps, too)
+CODE = ("stages.train", "stages.lib.chat", "stages.lib.checkpoints", "stages.lib.cli", "stages.lib.common",
+        "stages.lib.launch", "stages.lib.pairs", "stages.lib.params")  # fmt: skip
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EVAL_EVERY = 0.1  # eval loss every 10% of the steps (a float < 1 is a ratio for transformers), and at the end
@@ -85,6 +89,10 @@ class TrainConfig:
     max_length: int = 512
     seed: int = 42
     gradient_checkpointing: bool = False
+    save_steps: int | float = 0.2  # a checkpoint every N optimizer steps, or a fraction of them (< 1); 0 = none
+    save_total_limit: int = 1
+    processes: int | Literal["auto"] = 1
+    accelerate_config: str = ""
 
     def __post_init__(self) -> None:
         chat.check_system_prompt(self.system_prompt)
@@ -98,6 +106,14 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
         require(self.max_length >= 16, "train.max_length", f"must be >= 16, got {self.max_length}")
+        require(
+            self.save_steps >= 0 if isinstance(self.save_steps, int) else 0 < self.save_steps < 1,
+            "train.save_steps",
+            f"must be a step count >= 0 (0 = no checkpoints) or a fraction of the run in (0, 1), got {self.save_steps}",
+        )
+        require(self.save_total_limit >= 1, "train.save_total_limit", f"must be >= 1, got {self.save_total_limit}")
+        if self.processes != "auto":
+            require(self.processes >= 1, "train.processes", f"must be auto or >= 1, got {self.processes}")
 
 
 def check_quantization(quantization: str, cuda_available: bool) -> None:
@@ -174,7 +190,6 @@ def sft_args(cfg: TrainConfig, precision: chat.Precision, output_dir: Path) -> A
 
     return SFTConfig(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
         # precision and memory: trl's defaults (bf16 on, gradient checkpointing on) are overridden here
@@ -182,9 +197,21 @@ def sft_args(cfg: TrainConfig, precision: chat.Precision, output_dir: Path) -> A
         activation_checkpointing=cfg.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False},
         # loss on the assistant answer (+ end of turn) only; one conversation per row
         max_length=cfg.max_length, completion_only_loss=True, assistant_only_loss=False, packing=False,
-        logging_steps=1, eval_strategy="steps", eval_steps=EVAL_EVERY, save_strategy="no", report_to="none",
+        logging_steps=1, eval_strategy="steps", eval_steps=EVAL_EVERY, report_to="none",
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        **run_args(cfg, launch.world_size()),
     )  # fmt: skip
+
+
+def run_args(cfg: TrainConfig, processes: int) -> dict[str, Any]:
+    """Checkpoints, and the batch split over data-parallel processes so the global batch stays train.batch_size."""
+    per_device = cfg.batch_size // processes  # processes_for checked that it divides
+    return {
+        "per_device_train_batch_size": per_device, "per_device_eval_batch_size": per_device,
+        "save_strategy": "steps" if cfg.save_steps else "no", "save_steps": cfg.save_steps or 1,
+        "save_total_limit": cfg.save_total_limit,
+        "ddp_find_unused_parameters": False,  # every LoRA weight gets a gradient: skip DDP's extra graph walk
+    }  # fmt: skip
 
 
 def eval_at_end_callback() -> Any:
@@ -223,10 +250,17 @@ def live_callback(live_dir: Path) -> Any:
         def __init__(self) -> None:
             self.live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False)
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            for logs in state.log_history:  # resumed: the curve up to the checkpoint, as the killed run logged it
+                self.log(logs["step"], logs)
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-            self.live.step = state.global_step
+            self.log(state.global_step, logs or {})
+
+        def log(self, step: int, logs: dict[str, Any]) -> None:
+            self.live.step = step
             for key, name in LIVE_METRICS.items():
-                if key in (logs or {}):
+                if key in logs:
                     self.live.log_metric(name, logs[key])
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -254,7 +288,7 @@ def build_trainer(
         train_dataset=Dataset.from_list(conversations(train_df, cfg.system_prompt, tokenizer)),
         eval_dataset=Dataset.from_list(conversations(eval_df, cfg.system_prompt, tokenizer)),
         processing_class=tokenizer,
-        callbacks=[eval_at_end_callback(), *callbacks],
+        callbacks=[eval_at_end_callback(), checkpoints.no_checkpoint_at_end(), *callbacks],
     )
     if precision.lora_fp32:  # after SFTTrainer, which casts the LoRA params of a quantized model to bf16
         for param in trainer.model.parameters():
@@ -278,21 +312,23 @@ def oom_as_user_error(cfg: TrainConfig) -> Iterator[None]:
         ) from err
 
 
-def run_training(trainer: Any, cfg: TrainConfig) -> dict[str, Any]:
-    """Train, then return the flat numbers of metrics/train.json."""
+def run_training(trainer: Any, cfg: TrainConfig, resume: Path | None = None) -> dict[str, Any]:
+    """Train (from checkpoint `resume` if given), then return the flat numbers of metrics/train.json."""
     import torch
 
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with oom_as_user_error(cfg):
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
     eval_losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
+    # the mean over every step, the resumed run's included (the trainer's training_loss covers this call only)
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     trainable, total = trainer.model.get_nb_trainable_parameters()
     runtime = output.metrics["train_runtime"]
     return {
-        "train_loss": output.training_loss,
+        "train_loss": sum(losses) / len(losses) if losses else math.nan,
         "eval_loss": eval_losses[-1] if eval_losses else math.nan,
         "runtime_s": runtime,
         "samples_per_s": output.metrics["train_samples_per_second"],
@@ -316,13 +352,15 @@ def peak_memory_mb(cuda: bool) -> float:
 # ---------------------------------------------------------------- outputs
 
 
-def save_adapter(model: Any, out_dir: Path, evidence: dict[str, Any]) -> None:
-    """Write only the adapter files (no README, checkpoints or tokenizer) and evidence.json, atomically."""
+def save_adapter(model: Any, out_dir: Path, evidence: dict[str, Any], state_dict: dict | None = None) -> None:
+    """Write only the adapter files (no README, checkpoints or tokenizer) and evidence.json, atomically.
+
+    `state_dict`: the gathered weights when the processes held shards (FSDP, DeepSpeed ZeRO-3)."""
     from safetensors import SafetensorError
 
     with tempfile.TemporaryDirectory(prefix="loradag-adapter-") as scratch, atomic_dir(out_dir) as tmp:
         try:
-            model.save_pretrained(scratch, safe_serialization=True)
+            model.save_pretrained(scratch, safe_serialization=True, state_dict=state_dict)
         except SafetensorError as err:  # its writer's error for a full disk or a file-size limit
             raise UserError(f"{out_dir}: could not write the adapter weights ({err}); the last good adapter is "
                             "still in place: free space and rerun") from err  # fmt: skip
@@ -359,19 +397,27 @@ def package_versions() -> dict[str, str | None]:
     return {name: installed.get(name) for name in PACKAGES}
 
 
+def input_hashes() -> dict[str, str | None]:
+    return {
+        "train": sha256_file(TRAIN_DATA),
+        "eval": sha256_file(EVAL_DATA),
+        "base": sha256_tree(BASE_DIR),
+        "environment_lock": sha256_file(LOCK_FILE) if LOCK_FILE.is_file() else None,
+        "chat_templates": sha256_tree(chat.TEMPLATE_DIR) if chat.TEMPLATE_DIR.is_dir() else None,
+    }
+
+
 def build_evidence(cfg: TrainConfig, precision: chat.Precision) -> dict[str, Any]:
     return {
         "hardware": hardware(),
         "packages": package_versions(),
         "precision": precision.name,
         "params": dataclasses.asdict(cfg),
-        "sha256": {
-            "train": sha256_file(TRAIN_DATA),
-            "eval": sha256_file(EVAL_DATA),
-            "base": sha256_tree(BASE_DIR),
-            "environment_lock": sha256_file(LOCK_FILE) if LOCK_FILE.is_file() else None,
-        },
+        "sha256": input_hashes(),
     }
+
+
+# ---------------------------------------------------------------- run orchestration: processes, checkpoints
 
 
 def main(params_path: Path) -> None:
@@ -380,19 +426,49 @@ def main(params_path: Path) -> None:
     cfg = section_config(TrainConfig, load_params(params_path), "train")
     cuda = torch.cuda.is_available()
     check_quantization(cfg.quantization, cuda)
+    processes = launch.processes_for(cfg.processes, cfg.quantization, cfg.batch_size, torch.cuda.device_count())
     precision = chat.device_precision()
     columns = ["question", "answer", "history"]
     train_df, eval_df = (read_table(path, "split", columns) for path in (TRAIN_DATA, EVAL_DATA))
+    parts = {"sha256": input_hashes(), "code": checkpoints.code_hashes(CODE), "params": dataclasses.asdict(cfg),
+             "precision": precision.name, "processes": processes}  # fmt: skip
+    fingerprint = checkpoints.fingerprint(parts)
+    if launch.launched():  # one of several processes: the one that launched them prepared the checkpoints
+        resume = checkpoints.resume_point(CHECKPOINTS, fingerprint)
+    else:
+        resume = checkpoints.prepare(CHECKPOINTS, fingerprint, parts)
+        if processes > 1:
+            launch.relaunch(processes, params_path, cfg.accelerate_config, cuda)
+            return
+    train_and_save(cfg, precision, train_df, eval_df, resume)
+
+
+def gathered_weights(trainer: Any) -> dict[str, Any] | None:
+    """Under FSDP or DeepSpeed each process holds a shard: every process joins in gathering the full weights."""
+    if trainer.accelerator.distributed_type.name not in ("FSDP", "DEEPSPEED"):
+        return None  # DDP or one process: the model in hand holds every weight
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def train_and_save(
+    cfg: TrainConfig, precision: chat.Precision, train_df: pl.DataFrame, eval_df: pl.DataFrame, resume: Path | None
+) -> None:
     model = chat.load_model(BASE_DIR, precision, cfg.quantization)
     tokenizer = chat.load_tokenizer(BASE_DIR, chat_template=cfg.chat_template)
     peft_model = attach_lora(model, cfg)
+    writer = launch.is_main_process()  # the other processes of a data-parallel run hold the same weights
     # The curves are written to a folder that replaces dvclive/train only when training succeeds, like every output.
-    with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch, atomic_dir(LIVE_DIR) as live_dir:
-        callbacks = [live_callback(live_dir)]
-        trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, Path(scratch), callbacks)
-        metrics = run_training(trainer, cfg) | example_counts(trainer, train_df)
-        save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
+    with atomic_dir(LIVE_DIR) if writer else contextlib.nullcontext() as live_dir:
+        callbacks = [live_callback(live_dir)] if writer else []
+        trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, CHECKPOINTS, callbacks)
+        metrics = run_training(trainer, cfg, resume) | example_counts(trainer, train_df)
+        gathered = gathered_weights(trainer)
+        if writer:
+            save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision), gathered)
+    if not writer:
+        return
     write_json(metrics, METRICS)
+    checkpoints.clear(CHECKPOINTS)
     log.info(
         "train: %d steps (%s) -> %s: train_loss %.4f, eval_loss %.4f, %.1f s",
         metrics["steps"],

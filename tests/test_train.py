@@ -15,7 +15,7 @@ from stages.lib.common import UserError, write_parquet
 from stages.lib.params import ConfigError, from_dict
 from stages.train import TrainConfig
 
-QUICK = TrainConfig(max_steps=2, batch_size=4, max_length=128)
+QUICK = TrainConfig(max_steps=2, batch_size=4, max_length=128, save_steps=0)  # checkpoints: test_resume.py
 FP32 = chat.pick_precision(cuda_available=False, bf16_supported=False)
 
 

@@ -111,3 +111,7 @@ def serve(
         module.run(engine, module.training_system_prompt(params), module.api_key_from(api_key_env), host, port)
     except UserError as err:
         fail("serve", str(err))
+
+
+if __name__ == "__main__":  # `python -m stages.lib.cli`: how accelerate launch starts each training process
+    app()
