@@ -317,12 +317,13 @@ def generate_answers(
     for item in items:
         asked = chat.with_passages(item["question"], item["passages"]) if "passages" in item else item["question"]
         conversations.append(chat.prompt_messages(asked, system_prompt))
-    rows = []
+    rows, counted = [], 0
     answers = chat.generate(model, tokenizer, conversations, chat.Sampling(max_new_tokens), batch_size)
     for item, answer in zip(items, answers, strict=True):
         rows.append(item | {"answer": answer.text, "tokens": answer.tokens, "latency_s": answer.latency_s})
-        if done is not None:
-            done.update(1)
+        if done is not None and (len(rows) % batch_size == 0 or len(rows) == len(items)):
+            done.update(len(rows) - counted)  # a batch's answers arrive together: one update, one log line
+            counted = len(rows)
     return rows
 
 

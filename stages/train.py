@@ -21,6 +21,7 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import polars as pl
 from stages.lib import chat
 from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
 from stages.lib.params import ConfigError, load_params, require, section_config
+from stages.lib.progress import LogLines
 
 BASE_DIR = Path("models/base")
 TRAIN_DATA = Path("data/split/train.parquet")
@@ -220,6 +222,21 @@ def live_callback(live_dir: Path) -> Any:
     return LiveCurves()
 
 
+def progress_callback() -> Any:
+    """Steps done as log lines (stages/lib/progress.py), for a stderr that is not a terminal: there the trainer's
+    own tqdm bar is off (common.setup_logging) and a two-minute run would otherwise print nothing."""
+    from transformers import TrainerCallback
+
+    class StepLines(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.lines = LogLines("train", state.max_steps, "steps")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.lines.update(1)
+
+    return StepLines()
+
+
 def build_trainer(
     model: Any,
     tokenizer: Any,
@@ -372,7 +389,7 @@ def main(params_path: Path) -> None:
     peft_model = attach_lora(model, cfg)
     # The curves are written to a folder that replaces dvclive/train only when training succeeds, like every output.
     with tempfile.TemporaryDirectory(prefix="loradag-train-") as scratch, atomic_dir(LIVE_DIR) as live_dir:
-        callbacks = [live_callback(live_dir)]
+        callbacks = [live_callback(live_dir)] + ([] if sys.stderr.isatty() else [progress_callback()])
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, Path(scratch), callbacks)
         metrics = run_training(trainer, cfg)
         save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -100,7 +101,7 @@ def test_stage_help_lists_every_param_key_it_reads(stage: str) -> None:
 
 def test_stage_help_shows_the_value_and_the_comment_of_params_yaml(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("split:\n  seed: 7   # my seed\n  strategy: group\n")
+    params.write_text("split:\n  seed: 7   # my seed,\n            # said twice\n  strategy: group\n")
     dvc = tmp_path / "dvc.yaml"
     dvc.write_text("stages:\n  split:\n    cmd: loradag split\n    params: [split, refusal_phrases]\n")
     lines = params_help("split", params, dvc).splitlines()
@@ -109,7 +110,7 @@ def test_stage_help_shows_the_value_and_the_comment_of_params_yaml(tmp_path: Pat
         "split.eval_fraction 0.15",
         "split.eval_min_per_source 1",
         "split.eval_max_per_source 20",
-        "split.seed 7 # my seed",
+        "split.seed 7 # my seed, said twice",
     ]
     assert lines[-1] == f"It also reads refusal_phrases ({dvc} lists them as the stage's params)."
 
@@ -148,3 +149,23 @@ log.info("model: done")
         "WARNING dvclive.live: no git repo",
         "INFO loradag: model: done",
     ]
+
+
+def test_a_tiny_train_and_evaluate_print_only_our_lines(tiny_model_dir: Path, make_pairs: Any, tmp_path: Path) -> None:
+    """No library warning (peft's FutureWarning, bitsandbytes' kernel notice) and, in a pipe, no redrawn bars."""
+    from stages.lib.common import write_parquet
+
+    shutil.copytree(tiny_model_dir, tmp_path / "models/base")
+    write_parquet(make_pairs(8), tmp_path / "data/split/train.parquet")
+    write_parquet(make_pairs(3, start=50), tmp_path / "data/split/eval.parquet")
+    (tmp_path / "params.yaml").write_text(
+        "train: {max_steps: 2, batch_size: 4, max_length: 128}\n"
+        "evaluate: {max_new_tokens: 4, rag: {top_k: 0}, gates: {general: {max_items: 0}, safety: {max_items: 0}}}\n"
+        "refusal_phrases: [i cannot]\n"
+    )
+    loradag = str(Path(sys.executable).parent / "loradag")
+    for stage in ("train", "evaluate"):
+        result = subprocess.run([loradag, stage], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert [line for line in result.stderr.splitlines() if not line.startswith("INFO loradag: ")] == []
+        assert f"INFO loradag: {stage}: " in result.stderr

@@ -2,6 +2,7 @@
 
 import io
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,19 @@ def test_a_fast_loop_in_a_pipe_writes_nothing(caplog: pytest.LogCaptureFixture) 
         done.update(16)
     assert caplog.records == [] and stream.getvalue() == ""
     assert progress_module.QUIET_FIRST_S == 5.0
+
+
+def test_evaluate_counts_answers_once_per_batch(tiny_model_dir: Path) -> None:
+    from stages import evaluate
+    from stages.lib import chat
+
+    model, tokenizer = chat.load_for_generation(tiny_model_dir)
+    items = [{"id": str(i), "question": f"What is stage {i}?", "reference": "x"} for i in range(5)]
+    updates: list[int] = []
+
+    class Done:
+        def update(self, n: int) -> None:
+            updates.append(n)
+
+    rows = evaluate.generate_answers(model, tokenizer, items, "Answer.", 2, batch_size=2, done=Done())
+    assert updates == [2, 2, 1] and [row["id"] for row in rows] == ["0", "1", "2", "3", "4"]

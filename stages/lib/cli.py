@@ -142,16 +142,24 @@ def flatten(section: Any, where: str) -> dict[str, Any]:
 
 def yaml_comments(text: str) -> dict[str, str]:
     """Dotted key -> the comment on its line in params.yaml (block-style YAML, as params.yaml is written)."""
-    comments, path = {}, []  # path: (indent, key) of the enclosing keys
+    comments: dict[str, str] = {}
+    path: list[tuple[int, str]] = []  # (indent, key) of the enclosing keys
+    last = ""  # the key whose comment an indented comment-only line continues
     for line in text.splitlines():
         match = re.match(r"( *)([A-Za-z_][\w-]*):(.*)$", line)
+        more = re.match(r" +# ?(.*)$", line)
+        if more and last:
+            comments[last] += " " + more[1].strip()
+            continue
+        last = ""
         if not match:
             continue
         indent = len(match[1])
         path = [(i, k) for i, k in path if i < indent] + [(indent, match[2])]
         comment = match[3].partition(" #")[2].strip()
         if comment:
-            comments[".".join(k for _, k in path)] = comment
+            last = ".".join(k for _, k in path)
+            comments[last] = comment
     return comments
 
 

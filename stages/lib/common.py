@@ -221,7 +221,8 @@ def _shown(record: logging.LogRecord) -> bool:
 
 
 def setup_logging() -> None:
-    """One stderr handler for every logger: `INFO loradag: ...` for ours, `WARNING <library logger>: ...`."""
+    """One stderr handler for every logger: `INFO loradag: ...` for ours, `WARNING <library logger>: ...`;
+    the known library noise silenced; library progress bars off when stderr is not a terminal."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_shown)
@@ -236,3 +237,8 @@ def setup_logging() -> None:
         logging.setLogRecordFactory(_LibraryHandlers(logging.getLogRecordFactory()))
     for category, message, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    if not sys.stderr.isatty():
+        # A pipe or a file (CI, `dvc repro 2>&1 | tee`): the libraries' redrawn tqdm bars (loading weights,
+        # tokenizing, the trainer's steps) would fill it with carriage returns; stages/lib/progress.py writes
+        # lines there instead. tqdm reads TQDM_* overrides when it is first imported, which is after this.
+        os.environ.setdefault("TQDM_DISABLE", "1")
