@@ -197,7 +197,7 @@ class _LibraryHandlers:
         self.factory, self.adopted = factory, {"loradag"}
 
     def __call__(self, name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        if name not in self.adopted:
+        if name not in self.adopted and not name.startswith("uvicorn"):  # `loradag serve`'s own server log
             self.adopted.add(name)
             self.adopt(logging.getLogger(name))
         return self.factory(name, *args, **kwargs)

@@ -62,7 +62,8 @@ def progress(desc: str, total: int, unit: str, stream: TextIO | None = None) -> 
     if stream.isatty():
         from tqdm import tqdm
 
-        bar: Any = tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
+        # disable=False: on a terminal ours shows even where TQDM_DISABLE (common.setup_logging) hides the libraries'
+        bar: Any = tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, disable=False)
     else:
         bar = LogLines(desc, total, unit)
     try:
