@@ -169,3 +169,10 @@ def test_a_tiny_train_and_evaluate_print_only_our_lines(tiny_model_dir: Path, ma
         assert result.returncode == 0, result.stderr
         assert [line for line in result.stderr.splitlines() if not line.startswith("INFO loradag: ")] == []
         assert f"INFO loradag: {stage}: " in result.stderr
+
+
+def test_stage_help_survives_a_broken_params_file(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("split: [\n")  # running the stage names this error; help shows the defaults
+    lines = params_help("split", params, tmp_path / "dvc.yaml").splitlines()
+    assert lines[-1].split() == ["split.seed", "42"]

@@ -99,8 +99,12 @@ def params_help(stage: str, params_file: Path, dvc_file: Path) -> str:
     module = importlib.import_module(f"stages.{stage}")  # light: stage modules import torch inside functions
     values = config_defaults(getattr(module, f"{stage.capitalize()}Config"), stage)
     text = params_file.read_text(encoding="utf-8") if params_file.is_file() else ""
-    written = yaml.safe_load(text) or {} if text else {}
-    values |= flatten(written.get(stage) or {}, stage) if isinstance(written, dict) else {}
+    try:
+        written = yaml.safe_load(text) or {}
+    except yaml.YAMLError:  # help still helps; running the stage names the error
+        text, written = "", {}
+    section = written.get(stage) if isinstance(written, dict) else None
+    values |= flatten(section, stage) if isinstance(section, dict) else {}
     comments = yaml_comments(text)
     width = max(map(len, values), default=0)
     lines = [f"params.yaml keys it reads (value in {params_file} if set there, else the default):"]
