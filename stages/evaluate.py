@@ -16,6 +16,7 @@ Run: `loradag evaluate` (or `dvc repro evaluate`). Writes `data/evaluate/preds_{
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -41,6 +42,7 @@ from stages.lib.metrics import (
 )
 from stages.lib.pairs import history_messages, refusal_phrases, refusal_regex
 from stages.lib.params import NOT_A_PARAM, ConfigError, from_dict, load_params, require
+from stages.lib.progress import progress
 from stages.lib.retrieval import build_index, passages
 from stages.lib.verdict import (
     paired_bootstrap,
@@ -301,18 +303,30 @@ def answer_sets(questions: pl.DataFrame, cfg: EvaluateConfig) -> dict[str, tuple
 
 
 def generate_answers(
-    model: Any, tokenizer: Any, items: list[dict[str, Any]], system_prompt: str, max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    items: list[dict[str, Any]],
+    system_prompt: str,
+    max_new_tokens: int,
+    batch_size: int,
+    done: Any = None,
 ) -> list[dict[str, Any]]:
-    """Greedy answers to every item, `batch_size` at a time; latency_s is the batch time per question."""
+    """Greedy answers to every item, `batch_size` at a time; latency_s is the batch time per question.
+
+    `done` (stages/lib/progress.py) counts the answers as each batch finishes.
+    """
     conversations = []
     for item in items:
         asked = chat.with_passages(item["question"], item["passages"]) if "passages" in item else item["question"]
         conversations.append(chat.prompt_messages(asked, system_prompt, item.get("history", ())))
+    rows, counted = [], 0
     answers = chat.generate(model, tokenizer, conversations, chat.Sampling(max_new_tokens), batch_size)
-    return [
-        item | {"answer": answer.text, "tokens": answer.tokens, "latency_s": answer.latency_s}
-        for item, answer in zip(items, answers, strict=True)
-    ]
+    for item, answer in zip(items, answers, strict=True):
+        rows.append(item | {"answer": answer.text, "tokens": answer.tokens, "latency_s": answer.latency_s})
+        if done is not None and (len(rows) % batch_size == 0 or len(rows) == len(items)):
+            done.update(len(rows) - counted)  # a batch's answers arrive together: one update, one log line
+            counted = len(rows)
+    return rows
 
 
 def answer_both_sides(
@@ -320,11 +334,14 @@ def answer_both_sides(
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """set name -> {"base": rows, "adapter": rows}; the base answers everything with the adapter off."""
     answers: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in sets}
-    with model.disable_adapter():  # the same loaded base weights, LoRA off
-        for name, (items, max_new_tokens) in sets.items():
-            answers[name]["base"] = generate_answers(model, tokenizer, items, system_prompt, max_new_tokens, batch_size)
-    for name, (items, max_new_tokens) in sets.items():
-        answers[name]["adapter"] = generate_answers(model, tokenizer, items, system_prompt, max_new_tokens, batch_size)
+    total = sum(len(items) for items, _ in sets.values())
+    for side in ("base", "adapter"):
+        # The same loaded base weights with LoRA off answer for the base.
+        adapter_off = model.disable_adapter() if side == "base" else contextlib.nullcontext()
+        with progress(f"evaluate {side} ({', '.join(sets)})", total, "answers") as done, adapter_off:
+            for name, (items, max_new_tokens) in sets.items():
+                rows = generate_answers(model, tokenizer, items, system_prompt, max_new_tokens, batch_size, done)
+                answers[name][side] = rows
     return answers
 
 
@@ -347,7 +364,10 @@ def judge_conversation(pred: dict[str, Any]) -> list[dict[str, str]]:
 def add_judge_scores(preds: dict[str, list[dict[str, Any]]], judge: ChatBackend) -> None:
     """Add judge_reply and judge_score (0-5, None when the reply holds no score) to every prediction."""
     for side, rows in preds.items():
-        replies = judge.chat([judge_conversation(row) for row in rows], label=f"evaluate judge ({side})")
+        label = f"evaluate judge ({side})"
+        with progress(label, len(rows), "scores") as done:
+            conversations = [judge_conversation(row) for row in rows]
+            replies = judge.chat(conversations, label=label, on_reply=lambda _i, _reply: done.update(1))
         for row, reply in zip(rows, replies, strict=True):
             row["judge_reply"] = reply
             row["judge_score"] = parse_judge_score(reply)

@@ -14,7 +14,6 @@ Run: `loradag generate` (or `dvc repro generate`). Writes the pairs and `metrics
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from stages.lib.common import UserError, log, read_table, sha256_bytes, stable_i
 from stages.lib.extractive import ANSWER_TYPES, ExtractiveConfig, pick_pairs
 from stages.lib.pairs import PAIR_COLUMNS, normalize_question, pair_schema
 from stages.lib.params import NOT_A_PARAM, load_params, require
+from stages.lib.progress import progress
 
 RECORDS = Path("data/extract/records.parquet")
 OUT = Path("data/generate/pairs.parquet")
@@ -193,23 +193,19 @@ def order_in_source(record: dict[str, Any]) -> int:
 def article_pairs(
     chunks: list[dict[str, Any]], cfg: GenerateConfig, backend: ChatBackend | None, counts: Counter[str]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Pairs per article chunk id, in chunk order, with a progress bar on stderr."""
-    from tqdm import tqdm
-
+    """Pairs per article chunk id, in chunk order, with progress on stderr (stages/lib/progress.py)."""
     found: dict[str, list[dict[str, Any]]] = {}
-    with tqdm(total=len(chunks), desc="generate", unit="chunk", file=sys.stderr, disable=None) as bar:
+    with progress("generate", len(chunks), "chunks") as done:
         if backend is None:
             asked: set[str] = set()  # lets a chunk overlapping the previous one pick other sentences
             for chunk in chunks:
                 found[chunk["id"]] = extractive_chunk_pairs(chunk, cfg.pairs_per_chunk, asked, counts)
-                bar.update(1)
-                bar.set_postfix(pairs=sum(map(len, found.values())))
+                done.update(1)
             return found
 
         def on_reply(i: int, reply: str | None) -> None:
             found[chunks[i]["id"]] = llm_chunk_pairs(chunks[i], reply, cfg.pairs_per_chunk, backend.name, counts)
-            bar.update(1)
-            bar.set_postfix(pairs=sum(map(len, found.values())))
+            done.update(1)
 
         conversations = [pair_prompt(chunk["text"], cfg.pairs_per_chunk) for chunk in chunks]
         backend.chat(conversations, label="generate", on_reply=on_reply, accept=is_pairs_reply)

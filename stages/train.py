@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from stages.lib import chat, checkpoints, launch
 from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
 from stages.lib.pairs import history_messages
 from stages.lib.params import ConfigError, load_params, require, section_config
+from stages.lib.progress import LogLines
 
 BASE_DIR = Path("models/base")
 TRAIN_DATA = Path("data/split/train.parquet")
@@ -45,7 +47,7 @@ LOCK_FILE = Path("requirements.lock")  # the exact environment scripts/setup.sh 
 CHECKPOINTS = Path("models/checkpoints")  # not a DVC output: see stages/lib/checkpoints.py
 # the code that decides what a run computes: a checkpoint of other code is not resumed (dvc.yaml deps, too)
 CODE = ("stages.train", "stages.lib.chat", "stages.lib.checkpoints", "stages.lib.cli", "stages.lib.common",
-        "stages.lib.launch", "stages.lib.pairs", "stages.lib.params")  # fmt: skip
+        "stages.lib.launch", "stages.lib.pairs", "stages.lib.params", "stages.lib.progress")  # fmt: skip
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EVAL_EVERY = 0.1  # eval loss every 10% of the steps (a float < 1 is a ratio for transformers), and at the end
@@ -269,6 +271,21 @@ def live_callback(live_dir: Path) -> Any:
     return LiveCurves()
 
 
+def progress_callback() -> Any:
+    """Steps done as log lines (stages/lib/progress.py), for a stderr that is not a terminal: there the trainer's
+    own tqdm bar is off (common.setup_logging) and a two-minute run would otherwise print nothing."""
+    from transformers import TrainerCallback
+
+    class StepLines(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.lines = LogLines("train", state.max_steps, "steps")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.lines.update(1)
+
+    return StepLines()
+
+
 def build_trainer(
     model: Any,
     tokenizer: Any,
@@ -460,6 +477,7 @@ def train_and_save(
     # The curves are written to a folder that replaces dvclive/train only when training succeeds, like every output.
     with atomic_dir(LIVE_DIR) if writer else contextlib.nullcontext() as live_dir:
         callbacks = [live_callback(live_dir)] if writer else []
+        callbacks += [progress_callback()] if writer and not sys.stderr.isatty() else []
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, CHECKPOINTS, callbacks)
         metrics = run_training(trainer, cfg, resume) | example_counts(trainer, train_df)
         gathered = gathered_weights(trainer)

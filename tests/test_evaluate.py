@@ -175,7 +175,13 @@ class FakeJudge:
     def check(self) -> None:
         self.labels.append("check")
 
-    def chat(self, conversations: list[list[dict[str, str]]], label: str) -> list[str | None]:
+    def chat(self, conversations: list[list[dict[str, str]]], label: str, on_reply: Any = None) -> list[str | None]:
+        replies = self.replies(conversations, label)
+        for i, reply in enumerate(replies):  # as ChatBackend.chat does, for evaluate's progress
+            on_reply(i, reply)
+        return replies
+
+    def replies(self, conversations: list[list[dict[str, str]]], label: str) -> list[str | None]:
         self.labels.append(label)
         assert all("Reference answer:" in c[-1]["content"] for c in conversations)
         if "agreement" in label:

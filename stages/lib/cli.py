@@ -6,10 +6,17 @@ and `loradag <stage>` executes only this file, the stage module and what that im
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.metadata
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import typer
+import typer.core
+import yaml
 
 from stages.lib.common import UserError, setup_logging
 from stages.lib.params import PARAMS_FILE, STAGES
@@ -23,6 +30,26 @@ app = typer.Typer(
 )
 
 ParamsOption = typer.Option(PARAMS_FILE, "--params", help="params file to read")
+VERSIONED = ("loradag", "torch", "transformers", "peft", "trl", "dvc")  # what a bug report needs
+
+
+def _version(value: bool) -> None:
+    if value:
+        for name in VERSIONED:  # metadata only: importing torch to ask its version would take seconds
+            try:
+                typer.echo(f"{name} {importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:
+                typer.echo(f"{name} not installed")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print loradag's and its libraries' versions"
+    ),
+) -> None:
+    pass
 
 
 def _run(stage: str, params: Path) -> None:
@@ -43,16 +70,110 @@ def fail(stage: str, message: str) -> None:
     raise typer.Exit(1)
 
 
+class StageCommand(typer.core.TyperCommand):
+    """A stage's command: its --help ends with the params.yaml keys the stage reads (derived, so it cannot drift)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super().format_help(ctx, formatter)
+        formatter.write(params_help(self.name or "", PARAMS_FILE, Path("dvc.yaml")))
+
+
 def _register(stage: str, help_text: str) -> None:
     def command(params: Path = ParamsOption) -> None:
         _run(stage, params)
 
     command.__doc__ = help_text
-    app.command(name=stage)(command)
+    app.command(name=stage, cls=StageCommand)(command)
 
 
 for _stage, _help in STAGES.items():
     _register(_stage, _help)
+
+
+# ---------------------------------------------------------------- a stage's params, for its --help
+
+
+def params_help(stage: str, params_file: Path, dvc_file: Path) -> str:
+    """The keys of the stage's config dataclass (`<Stage>Config` in stages/<stage>.py) and of its params.yaml
+    section, each with its value there (else the default) and the first line of its params.yaml comment."""
+    module = importlib.import_module(f"stages.{stage}")  # light: stage modules import torch inside functions
+    values = config_defaults(getattr(module, f"{stage.capitalize()}Config"), stage)
+    text = params_file.read_text(encoding="utf-8") if params_file.is_file() else ""
+    try:
+        written = yaml.safe_load(text) or {}
+    except yaml.YAMLError:  # help still helps; running the stage names the error
+        text, written = "", {}
+    section = written.get(stage) if isinstance(written, dict) else None
+    values |= flatten(section, stage) if isinstance(section, dict) else {}
+    comments = yaml_comments(text)
+    width = max(map(len, values), default=0)
+    lines = [f"params.yaml keys it reads (value in {params_file} if set there, else the default):"]
+    for key, value in values.items():
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        note = f"  # {comments[key]}" if comments.get(key) else ""
+        lines.append(f"  {key:<{width}}  {shown}{note}")
+    others = other_params(stage, dvc_file)
+    if others:
+        lines.append(f"It also reads {', '.join(others)} ({dvc_file} lists them as the stage's params).")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def config_defaults(cls: type, where: str) -> dict[str, Any]:
+    """Dotted key -> default of every field; nested configs and the chat backends' subsections expand."""
+    keys: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        key = f"{where}.{spec.name}"
+        if dataclasses.is_dataclass(default):
+            keys |= config_defaults(type(default), key)
+        elif spec.name == "backends":  # one subsection per chat backend (stages/lib/backends.py BACKENDS)
+            for name, backend in importlib.import_module("stages.lib.backends").BACKENDS.items():
+                keys |= config_defaults(backend.config, f"{where}.{name}")
+        else:
+            keys[key] = default
+    return keys
+
+
+def flatten(section: Any, where: str) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        return {where: section}
+    keys: dict[str, Any] = {}
+    for name, value in section.items():
+        keys |= flatten(value, f"{where}.{name}")
+    return keys
+
+
+def yaml_comments(text: str) -> dict[str, str]:
+    """Dotted key -> the comment on its line in params.yaml (block-style YAML, as params.yaml is written)."""
+    comments: dict[str, str] = {}
+    path: list[tuple[int, str]] = []  # (indent, key) of the enclosing keys
+    last = ""  # the key whose comment an indented comment-only line continues
+    for line in text.splitlines():
+        match = re.match(r"( *)([A-Za-z_][\w-]*):(.*)$", line)
+        more = re.match(r" +# ?(.*)$", line)
+        if more and last:
+            comments[last] += " " + more[1].strip()
+            continue
+        last = ""
+        if not match:
+            continue
+        indent = len(match[1])
+        path = [(i, k) for i, k in path if i < indent] + [(indent, match[2])]
+        comment = match[3].partition(" #")[2].strip()
+        if comment:
+            last = ".".join(k for _, k in path)
+            comments[last] = comment
+    return comments
+
+
+def other_params(stage: str, dvc_file: Path) -> list[str]:
+    """The params of other sections that dvc.yaml declares for the stage (refusal_phrases, train.system_prompt)."""
+    if not dvc_file.is_file():
+        return []
+    declared = ((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages") or {}).get(stage) or {}
+    names = [p for p in declared.get("params") or [] if isinstance(p, str)]
+    return [name for name in names if name.split(".")[0] != stage]
 
 
 # ---------------------------------------------------------------- try and serve the adapter (not stages)

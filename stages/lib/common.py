@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import typing
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -173,5 +175,70 @@ def stable_id(*parts: object) -> str:
 # ---------------------------------------------------------------- logging
 
 
+# Library noise on our normal path that no call of ours can avoid (each: logger or warning, exact message, why).
+QUIET_LOG_RECORDS = {
+    # bitsandbytes (imported by peft) looks for an optional CPU 4-bit kernel at import; loradag never runs 4-bit
+    # on the CPU (train.quantization: 4bit is CUDA only), so "pip install kernels" would be bad advice.
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+}
+QUIET_WARNINGS = [
+    # peft reads the deprecated `model.is_gradient_checkpointing` when it wraps a model (PeftModel.__init__):
+    # transformers warns about peft's call, not ours; it goes away when peft reads is_activation_checkpointing.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", "transformers.modeling_utils"),
+]
+
+
+class _LibraryHandlers:
+    """A record factory that, on a library's first record, removes the stderr handler the library installed
+    on its own logger (transformers, datasets, huggingface_hub, dvclive do), so the record reaches the root
+    handler instead: printed once, under its own logger name, in the same format as ours."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory, self.adopted = factory, {"loradag"}
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        if name not in self.adopted and not name.startswith("uvicorn"):  # `loradag serve`'s own server log
+            self.adopted.add(name)
+            self.adopt(logging.getLogger(name))
+        return self.factory(name, *args, **kwargs)
+
+    @staticmethod
+    def adopt(logger: logging.Logger | logging.PlaceHolder | None) -> None:
+        while isinstance(logger, logging.Logger) and logger is not logging.root:
+            for handler in list(logger.handlers):
+                if type(handler) is logging.StreamHandler and getattr(handler.stream, "name", "") == "<stderr>":
+                    logger.removeHandler(handler)
+                    logger.propagate = True
+            logger = logger.parent
+
+
+def _shown(record: logging.LogRecord) -> bool:
+    """Our INFO lines; from libraries, warnings and errors only (their INFO chatter would bury our summary)."""
+    if record.name == "loradag" or record.name.startswith("loradag."):
+        return True
+    text = QUIET_LOG_RECORDS.get(record.name)
+    return record.levelno >= logging.WARNING and not (text and record.getMessage().startswith(text))
+
+
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s loradag: %(message)s")
+    """One stderr handler for every logger: `INFO loradag: ...` for ours, `WARNING <library logger>: ...`;
+    the known library noise silenced; library progress bars off when stderr is not a terminal."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_shown)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "loradag", False)]:
+        root.removeHandler(old)  # called once per command; in tests, once per invoke
+    handler.loradag = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    if not isinstance(logging.getLogRecordFactory(), _LibraryHandlers):
+        logging.setLogRecordFactory(_LibraryHandlers(logging.getLogRecordFactory()))
+    for category, message, module in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    if not sys.stderr.isatty():
+        # A pipe or a file (CI, `dvc repro 2>&1 | tee`): the libraries' redrawn tqdm bars (loading weights,
+        # tokenizing, the trainer's steps) would fill it with carriage returns; stages/lib/progress.py writes
+        # lines there instead. tqdm reads TQDM_* overrides when it is first imported, which is after this.
+        os.environ.setdefault("TQDM_DISABLE", "1")
