@@ -204,3 +204,26 @@ def test_embedded_smollm2_becomes_an_hf_folder(tmp_path: Path, monkeypatch: pyte
     ids = tokenizer("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0])  # dequantized weights are the real model, not noise
+
+
+@pytest.mark.slow
+def test_a_hardlinked_dvc_cache_survives_the_stage_replacing_models_base(tmp_path: Path) -> None:
+    import os
+
+    from project import copy_project
+
+    src = tiny_local_model(tmp_path / "src")
+    project = copy_project(tmp_path / "p", {"model.base": str(src)})
+    project.dvc("config", "--local", "cache.type", "hardlink,symlink,copy")  # README "Big models"
+    weights = project.root / "models" / "base" / "model.safetensors"
+    project.dvc("repro", "model")
+    assert os.stat(weights).st_nlink == 2 and os.stat(weights).st_mode & 0o222 == 0  # one copy on disk, read-only
+    assert sha256_file(weights) == sha256_file(src / "model.safetensors")
+    project.commit("model as is")
+    project.set_params({"model.dtype": "float16"})
+    project.dvc("repro", "model")  # the stage replaces a read-only, hardlinked models/base
+    assert os.stat(weights).st_nlink == 2 and sha256_file(weights) != sha256_file(src / "model.safetensors")
+    project.run("git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock")  # autostage staged dvc.lock
+    project.dvc("checkout", "model")
+    assert sha256_file(weights) == sha256_file(src / "model.safetensors")  # the cached copy was not touched
+    assert "models/base" not in project.dvc("status", "model")  # metrics/model.json is not cached: only it differs
