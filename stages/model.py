@@ -5,7 +5,8 @@
 cache, or fetched where the Hub is reachable). A folder's files are copied as they are (or converted
 shard by shard when `model.dtype` asks for another dtype): a model of any size passes without being
 loaded. Later stages load `models/base/` and never touch GGUF again (its tokenizer load is slow).
-`models/base/manifest.json` records every file's size and sha256.
+A folder's copy records every file's size and sha256 in `models/base/manifest.json` (the embedded
+GGUF's output stays as it was before `model.dtype: auto`, bitwise; its sha256 goes into the metrics).
 
 Run: `loradag model` (or `dvc repro model`).
 """
@@ -156,10 +157,10 @@ def prepare_embedded(name: str, dtype: str, out: Path) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        files = write_manifest(tmp)
+        written = weights_bytes(checkpoint.manifest(tmp, hashes=False))
     return {"method": "dequantize", "gguf_sha256": sha256_file(gguf), "dtype": target,
             "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
-            "chat_template": template_source, "weights_bytes": weights_bytes(files)}  # fmt: skip
+            "chat_template": template_source, "weights_bytes": written}  # fmt: skip
 
 
 def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:

@@ -144,7 +144,12 @@ def write_config(src: Path, dst: Path, dtype: str) -> None:
     (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """{file name: {bytes, sha256}} for every file in `folder`, each file read once."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
+def manifest(folder: Path, hashes: bool = True) -> dict[str, dict[str, Any]]:
+    """{file name: {bytes, sha256}} for every file in `folder`, each file read once (sizes only without `hashes`)."""
+    records = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        record: dict[str, Any] = {"bytes": path.stat().st_size}
+        if hashes:
+            record["sha256"] = sha256_file(path)
+        records[path.relative_to(folder).as_posix()] = record
+    return records
