@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.lib import chat
+from stages.lib import chat, hf_folder
 from stages.lib.common import UserError, atomic_dir, log, sha256_tree, write_json
 from stages.lib.params import load_params, section_config
 
@@ -39,7 +39,6 @@ OUT_DIR = Path("models/export")
 METRICS = Path("metrics/export.json")
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-BASE_WEIGHTS = ("config.json", "model.safetensors")
 GENERATION_MAX_NEW_TOKENS = 256  # a default for model.generate(); callers set their own
 
 
@@ -173,15 +172,17 @@ def save_merged(model: Any, tokenizer: Any, folder: Path) -> None:
 def save_bundle(base_dir: Path, adapter_dir: Path, tokenizer: Any, folder: Path) -> None:
     """The adapter files beside a copy of its base's weights and tokenizer; its base is the folder itself."""
     folder.mkdir()
-    for name in BASE_WEIGHTS:
-        shutil.copyfile(base_dir / name, folder / name)  # new files, new permissions: readable by a server's user
+    weights = hf_folder.weight_files(base_dir)  # one model.safetensors, or an index and its shards
+    for name in ("config.json", *weights):
+        hf_folder.copy_file(base_dir / name, folder / name)  # new files, new permissions: readable by a server's user
     tokenizer.save_pretrained(folder)
     shutil.copyfile(adapter_dir / "adapter_model.safetensors", folder / "adapter_model.safetensors")
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = "."
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     # vLLM reads every *.safetensors of a base folder unless an index names the base's: keep the adapter out
-    write_json(weight_index(folder / "model.safetensors"), folder / "model.safetensors.index.json")
+    if hf_folder.INDEX not in weights:
+        write_json(weight_index(folder / "model.safetensors"), folder / hf_folder.INDEX)
 
 
 def weight_index(weights: Path) -> dict[str, Any]:

@@ -87,6 +87,28 @@ def test_the_bundle_loads_base_and_adapter_from_another_folder(
     assert set(index["weight_map"].values()) == {"model.safetensors"}  # vLLM's base loader skips the adapter file
 
 
+def test_a_sharded_base_is_bundled_with_its_index_and_every_shard(
+    tiny_model_dir: Path, tiny_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded-base"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base.save_pretrained(sharded, max_shard_size="200KB")  # a big model's layout, in miniature
+    for file in tiny_model_dir.iterdir():
+        if file.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copyfile(file, sharded / file.name)
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    bundle = tmp_path / "bundle"
+    export.save_bundle(sharded, tiny_adapters["a"], chat.load_tokenizer(sharded), bundle)
+    assert shards == sorted(p.name for p in bundle.glob("model-*.safetensors"))
+    index = json.loads((bundle / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)  # the adapter file stays out of the base's index
+    loaded = AutoModelForCausalLM.from_pretrained(bundle)
+    assert loaded.active_adapters() == ["default"]
+
+
 def test_the_model_cards_hold_the_verdict_metrics_hashes_and_params(project: Path) -> None:
     for kind in ("merged", "adapter"):
         card = (project / export.OUT_DIR / kind / "README.md").read_text()
