@@ -22,11 +22,11 @@ from typing import Any, Literal
 import polars as pl
 
 from stages.lib import mining
-from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_json, write_parquet
+from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_metrics, write_parquet
 from stages.lib.params import load_params, require, section_config
 
 OUT = Path("data/extract/records.parquet")
-METRICS = Path("metrics/extract.json")
+HEADLINE = ("files", "records")  # metrics/extract.json; skips by reason: metrics/all/extract.json
 
 ARTICLE_SUFFIXES = (".md", ".markdown", ".txt", ".html")
 PAIR_SUFFIXES = (".jsonl",)
@@ -362,7 +362,7 @@ def main(params_path: Path) -> None:
     cfg = section_config(ExtractConfig, load_params(params_path), "extract")
     table, counts = extract(Path(cfg.root), cfg)
     write_parquet(table, OUT)
-    write_json({"kind": cfg.kind, **counts}, METRICS)
+    write_metrics({"kind": cfg.kind, **counts}, "extract", HEADLINE)
     skipped = {k: v for k, v in counts.items() if k.startswith("skipped_") and v}
     log.info(
         "extract: %d %s files -> %d records (skipped: %s)",

@@ -11,20 +11,22 @@ and `metrics/split.json` (sizes per side and per source, pairs moved by the leak
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib.common import UserError, log, read_table, write_json, write_parquet
+from stages.lib.common import UserError, log, read_table, write_metrics, write_parquet, write_text
 from stages.lib.pairs import PAIR_COLUMNS, normalize_question
 from stages.lib.params import load_params, require, section_config
 
 INPUT = Path("data/validate/valid.parquet")
 TRAIN = Path("data/split/train.parquet")
 EVAL = Path("data/split/eval.parquet")
-METRICS = Path("metrics/split.json")
+HEADLINE = ("train", "eval")  # metrics/split.json; per source: metrics/all/split.json
+PER_SOURCE = Path("data/split/per_source.csv")  # pairs per source and side, for `dvc plots`
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,24 @@ def split_metrics(train: pl.DataFrame, eval_: pl.DataFrame, cfg: SplitConfig) ->
     return stats
 
 
+def per_source_csv(stats: dict[str, Any]) -> str:
+    """source,part,pairs from the per_source.<source>.<part> counts (a source name may hold commas: quoted)."""
+    lines = ["source,part,pairs"]
+    for key, count in stats.items():
+        if key.startswith("per_source."):
+            source, part = key.removeprefix("per_source.").rsplit(".", 1)
+            lines.append(f"{json.dumps(source, ensure_ascii=False)},{part},{count}")
+    return "\n".join(lines) + "\n"
+
+
 def main(params_path: Path) -> None:
     cfg = section_config(SplitConfig, load_params(params_path), "split")
     pairs = read_table(INPUT, "validate", PAIR_COLUMNS).select(list(PAIR_COLUMNS))
     train, eval_, stats = split_pairs(pairs, cfg)
     write_parquet(train, TRAIN)
     write_parquet(eval_, EVAL)
-    write_json({"strategy": cfg.strategy, **stats}, METRICS)
+    write_text(per_source_csv(stats), PER_SOURCE)
+    write_metrics({"strategy": cfg.strategy, **stats}, "split", HEADLINE)
     log.info(
         "split: %d train / %d eval pairs (%s, %d moved by the leakage check)",
         stats["train"],

@@ -30,14 +30,24 @@ from typing import Any, Literal
 import polars as pl
 
 from stages.lib import chat
-from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
+from stages.lib.common import (
+    UserError,
+    atomic_dir,
+    log,
+    read_table,
+    sha256_file,
+    sha256_tree,
+    write_json,
+    write_metrics,
+)
 from stages.lib.params import ConfigError, load_params, require, section_config
 
 BASE_DIR = Path("models/base")
 TRAIN_DATA = Path("data/split/train.parquet")
 EVAL_DATA = Path("data/split/eval.parquet")
 OUT_DIR = Path("models/adapter")
-METRICS = Path("metrics/train.json")
+# metrics/train.json; timings, memory, parameter counts: metrics/all/train.json
+HEADLINE = ("train_loss", "eval_loss", "trainable_params")
 LIVE_DIR = Path("dvclive/train")
 LOCK_FILE = Path("requirements.lock")  # the exact environment scripts/setup.sh installs
 
@@ -277,8 +287,8 @@ def run_training(trainer: Any, cfg: TrainConfig) -> dict[str, Any]:
     trainable, total = trainer.model.get_nb_trainable_parameters()
     runtime = output.metrics["train_runtime"]
     return {
-        "train_loss": output.training_loss,
-        "eval_loss": eval_losses[-1] if eval_losses else math.nan,
+        "train_loss": round(output.training_loss, 4),
+        "eval_loss": round(eval_losses[-1], 4) if eval_losses else math.nan,
         "runtime_s": runtime,
         "samples_per_s": output.metrics["train_samples_per_second"],
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
@@ -376,7 +386,7 @@ def main(params_path: Path) -> None:
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, Path(scratch), callbacks)
         metrics = run_training(trainer, cfg)
         save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision))
-    write_json(metrics, METRICS)
+    write_metrics(metrics, "train", HEADLINE)
     log.info(
         "train: %d steps (%s) -> %s: train_loss %.4f, eval_loss %.4f, %.1f s",
         metrics["steps"],
