@@ -455,7 +455,7 @@ def flat_metrics(
 def headline_keys(cfg: EvaluateConfig) -> tuple[str, ...]:
     """What metrics/evaluate.json holds for `dvc metrics show` / `dvc exp show`: the verdict and its interval."""
     delta = f"delta.{cfg.decision.metric}"
-    return "decision.verdict", "decision.keep", delta, f"{delta}.ci_low", f"{delta}.ci_high"
+    return "decision.verdict", delta, f"{delta}.ci_low", f"{delta}.ci_high"
 
 
 def plot_tables(preds: dict[str, list[dict[str, Any]]], metrics: dict[str, Any], cfg: EvaluateConfig) -> dict:

@@ -26,7 +26,7 @@ from stages.lib.common import UserError, log, sha256_bytes, stable_id, write_met
 from stages.lib.params import load_params, require, section_config
 
 OUT = Path("data/extract/records.parquet")
-HEADLINE = ("files", "records")  # metrics/extract.json; skips by reason: metrics/all/extract.json
+HEADLINE = ("records",)  # metrics/extract.json; skips by reason: metrics/all/extract.json
 
 ARTICLE_SUFFIXES = (".md", ".markdown", ".txt", ".html")
 PAIR_SUFFIXES = (".jsonl",)

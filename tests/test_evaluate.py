@@ -275,7 +275,7 @@ def test_main_answers_every_set_in_batches_and_reports_the_metrics(
 
     metrics = json.loads(Path("metrics/all/evaluate.json").read_text())
     headline = json.loads(Path("metrics/evaluate.json").read_text())  # what `dvc metrics show` lists
-    compared = ("decision.verdict", "decision.keep", *(f"delta.judge_mean{s}" for s in ("", ".ci_low", ".ci_high")))
+    compared = ("decision.verdict", *(f"delta.judge_mean{s}" for s in ("", ".ci_low", ".ci_high")))
     assert headline == {key: metrics[key] for key in compared}  # the decision metric is judge_mean here
     assert metrics["eval_questions"] == 5
     for name in ("refusal_rate", "exact_match", "token_f1", "degenerate_rate", "judge_mean", "mean_latency_s"):

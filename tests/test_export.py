@@ -141,5 +141,5 @@ def test_dvc_repro_export_on_smollm2_ships_folders_that_answer_as_evaluate_did(
         answers = chat.generate(model, tokenizer, conversations, sampling, QUICK_PARAMS["evaluate.batch_size"])
         assert [a.text for a in answers] == [p["answer"] for p in preds], kind
     card = (elsewhere / "merged" / "README.md").read_text()
-    keep = json.loads(project.read("metrics/evaluate.json"))["decision.keep"]
+    keep = json.loads(project.read("metrics/all/evaluate.json"))["decision.keep"]
     assert ("**Verdict: KEEP**" if keep else "**Verdict: DISCARD") in card and "embedded:smollm2-135m-instruct" in card

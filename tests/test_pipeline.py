@@ -64,6 +64,6 @@ def test_full_dag_on_smollm2_then_only_what_changed_reruns(tmp_path: Path) -> No
     assert ran(project.dvc("repro")) == ["train", "evaluate", "export"]
     project.commit("rank 8")
     diff = project.dvc("metrics", "diff", "main", "--all")
-    for key in ("decision.verdict", "delta.token_f1", "delta.token_f1.ci_low", "eval_loss", "trainable_params"):
+    for key in ("decision.verdict", "delta.token_f1", "delta.token_f1.ci_low", "eval_loss", "train_loss"):
         assert key in diff
     assert "train.lora.r" in project.dvc("params", "diff", "main")

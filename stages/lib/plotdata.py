@@ -34,12 +34,12 @@ def judge_rows(preds: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def length_rows(preds: dict[str, list[dict[str, Any]]], max_new_tokens: int) -> list[dict[str, Any]]:
     """side, tokens (a bucket's first length), answers: the histogram of answer lengths in tokens per side."""
-    width = max(1, math.ceil((max_new_tokens + 1) / LENGTH_BUCKETS))
+    width = max(1, math.ceil(max_new_tokens / LENGTH_BUCKETS))  # the longest answers share the last bucket
     rows = []
     for side in SIDES:
         if side not in preds:
             continue
-        counts = [0] * math.ceil((max_new_tokens + 1) / width)
+        counts = [0] * max(1, math.ceil(max_new_tokens / width))
         for row in preds[side]:
             counts[min(row["tokens"] // width, len(counts) - 1)] += 1
         rows += [{"side": side, "tokens": i * width, "answers": n} for i, n in enumerate(counts)]

@@ -28,30 +28,30 @@ figure{margin:0}figcaption{font-size:13px;color:#555;max-width:34em}
 def interval_chart(rows: list[dict[str, Any]], metric: str, min_delta: float) -> dict[str, Any]:
     """side - base per metric: the point and its interval, a rule at 0 and a dashed one at min_delta."""
     sides = [side for side in SIDE_COLOURS if any(row["side"] == side for row in rows)]
-    colour = {"field": "side", "type": "nominal", "title": "vs base", "sort": sides,
-              "scale": {"domain": sides, "range": [SIDE_COLOURS[s] for s in sides]}}  # fmt: skip
-    y = {"field": "metric", "type": "nominal", "title": None, "sort": None}
+    by_row = {
+        "y": {"field": "metric", "type": "nominal", "title": None, "sort": None},
+        "yOffset": {"field": "side", "sort": sides},
+        "color": {"field": "side", "type": "nominal", "title": "vs base", "sort": sides,
+                  "scale": {"domain": sides, "range": [SIDE_COLOURS[s] for s in sides]}},
+    }  # fmt: skip
+    x = {"type": "quantitative", "title": "difference from base, with its interval"}
     return {
         "data": {"values": rows},
         "width": 420,
-        "encoding": {"y": y, "yOffset": {"field": "side", "sort": sides}, "color": colour},
         "layer": [
-            {
-                "mark": {"type": "rule", "color": "#999"},
-                "encoding": {"x": {"datum": 0}, "y": None, "yOffset": None, "color": None},
-            },  # fmt: skip
+            {"mark": {"type": "rule", "color": "#999"}, "encoding": {"x": {"datum": 0, **x}}},
             {
                 "mark": {"type": "rule", "color": "#d62728", "strokeDash": [4, 3]},
-                "encoding": {"x": {"datum": min_delta}, "y": {"datum": metric}, "yOffset": None, "color": None},
-            },
+                "encoding": {"x": {"datum": min_delta, **x}},
+            },  # fmt: skip
             {
                 "mark": {"type": "rule", "strokeWidth": 2},
-                "encoding": {
-                    "x": {"field": "ci_low", "type": "quantitative", "title": "difference from base (interval)"},
-                    "x2": {"field": "ci_high"},
-                },
+                "encoding": {**by_row, "x": {"field": "ci_low", **x}, "x2": {"field": "ci_high"}},
             },  # fmt: skip
-            {"mark": {"type": "point", "filled": True, "size": 60}, "encoding": {"x": {"field": "delta"}}},
+            {
+                "mark": {"type": "point", "filled": True, "size": 60, "opacity": 1},
+                "encoding": {**by_row, "x": {"field": "delta", **x}},
+            },  # fmt: skip
         ],
     }
 
@@ -62,7 +62,7 @@ def histogram_chart(rows: list[dict[str, Any]], x: str, x_title: str) -> dict[st
     return {
         "data": {"values": rows},
         "mark": "bar",
-        "width": {"step": 40},
+        "width": 420,
         "height": 180,
         "encoding": {
             "x": {"field": x, "type": "ordinal", "title": x_title, "axis": {"labelAngle": 0}},
