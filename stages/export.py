@@ -15,7 +15,7 @@ it (intervals included where evaluate writes them), the data and base hashes and
 discarded (or inconclusive) adapter is exported only with `export.allow_discarded: true`; without it the stage
 still succeeds, and `models/export/README.md` says why nothing was exported.
 
-Run: `loradag export` (or `dvc repro export`). Writes `models/export/` and `metrics/export.json`.
+Run: `loradag export` (or `dvc repro export`). Writes `models/export/` and `metrics/{,all/}export.json`.
 """
 
 from __future__ import annotations

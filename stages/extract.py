@@ -6,7 +6,7 @@
 - `pairs`: bring-your-own JSONL ({instruction, input?, output} | {question, answer} | {messages}).
 
 Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.parquet` and
-`metrics/extract.json` (files, records, skipped by reason).
+`metrics/extract.json` (records; `metrics/all/extract.json`: files, records, skipped by reason).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
   `openai` / `transformers` prompt an LLM for JSON pairs (see stages/llm.py; replies cached in `cache_dir`).
 A question already asked about an earlier chunk (overlapping windows) is not asked again.
 
-Run: `loradag generate` (or `dvc repro generate`). Writes the pairs and `metrics/generate.json`.
+Run: `loradag generate` (or `dvc repro generate`). Writes the pairs, `metrics/generate.json` (pairs) and
+`metrics/all/generate.json` (per answer type, drops, cache use).
 """
 
 from __future__ import annotations

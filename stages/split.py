@@ -5,7 +5,8 @@ sources on one side (right for code: no file on both sides). A leakage check the
 eval pair whose normalised question, or whose answer from the same source, also appears in train.
 
 Run: `loradag split` (or `dvc repro split`). Writes `data/split/train.parquet`, `data/split/eval.parquet`
-and `metrics/split.json` (sizes per side and per source, pairs moved by the leakage check).
+`data/split/per_source.csv` (for `dvc plots`), `metrics/split.json` (sizes per side) and `metrics/all/split.json`
+(also per source, and pairs moved by the leakage check).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the base in bitsandbytes NF4 (CUDA only). Loss and eval loss are logged per step
 
 Run: `loradag train` (or `dvc repro train`). Writes `models/adapter/` (adapter_config.json,
 adapter_model.safetensors, evidence.json: nothing else, so vLLM `--lora-modules` can load it as is)
-and `metrics/train.json`.
+and `metrics/train.json` (train/eval loss; `metrics/all/train.json` adds timings, memory, parameter counts).
 """
 
 from __future__ import annotations
