@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stages import evaluate
-from stages.lib import chat, report
+from stages.lib import chat, plotdata, report
 from stages.lib import metrics as scoring
 from stages.lib.common import UserError, write_parquet
 from stages.lib.pairs import refusal_regex
@@ -362,9 +362,17 @@ def test_max_questions_caps_the_eval_set(eval_project: Path) -> None:
 
 
 def test_judge_distribution_is_all_zero_without_a_judge() -> None:
-    preds = {side: [{"answer": "x"}, {"answer": "y"}] for side in ("base", "adapter")}
-    rows = evaluate.judge_distribution(preds).splitlines()
-    assert rows == ["score,base,adapter", *(f"{score},0,0" for score in range(6))]
+    preds = {side: [{"answer": "x"}, {"answer": "y"}] for side in ("adapter", "base")}
+    rows = plotdata.csv_text(plotdata.judge_rows(preds), evaluate.PLOT_TABLES["judge_scores"]).splitlines()
+    assert rows == ["side,score,answers", *(f"{side},{score},0" for side in ("base", "adapter") for score in range(6))]
+
+
+def test_answer_lengths_fall_in_eight_buckets_the_longest_in_the_last() -> None:
+    preds = {"base": [{"tokens": t} for t in (0, 11, 12, 95, 96)], "adapter": [{"tokens": 3}]}
+    rows = plotdata.length_rows(preds, max_new_tokens=96)
+    base = [(row["tokens"], row["answers"]) for row in rows if row["side"] == "base"]
+    assert base == [(0, 2), (12, 1), (24, 0), (36, 0), (48, 0), (60, 0), (72, 0), (84, 2)]
+    assert sum(row["answers"] for row in rows if row["side"] == "adapter") == 1
 
 
 # ---------------------------------------------------------------- report
