@@ -60,12 +60,6 @@ RECORDS = Path("data/extract/records.parquet")
 OUT_DIR = Path("data/evaluate")
 REPORT = Path("reports/decision.md")
 REPORT_HTML = Path("reports/decision.html")
-# The tables `dvc plots` draws (dvc.yaml `plots:`): columns of each
-PLOT_TABLES = {
-    "judge_scores": ("side", "score", "answers"),
-    "answer_lengths": ("side", "tokens", "answers"),
-    "intervals": ("metric", "side", "delta", "ci_low", "ci_high"),
-}
 JUDGE_SYSTEM = (
     "You grade an answer against a reference answer to the same question. Scores: 0 = a refusal or no content; "
     "1 = wrong on the key fact; 3 = directionally right but incomplete or imprecise; 5 = correct and as terse as "
@@ -458,14 +452,6 @@ def headline_keys(cfg: EvaluateConfig) -> tuple[str, ...]:
     return "decision.verdict", delta, f"{delta}.ci_low", f"{delta}.ci_high"
 
 
-def plot_tables(preds: dict[str, list[dict[str, Any]]], metrics: dict[str, Any], cfg: EvaluateConfig) -> dict:
-    return {
-        "judge_scores": plotdata.judge_rows(preds),
-        "answer_lengths": plotdata.length_rows(preds, cfg.max_new_tokens),
-        "intervals": plotdata.interval_rows(metrics),
-    }
-
-
 def write_outputs(
     answers: dict[str, dict[str, list[dict[str, Any]]]], preds: dict[str, list[dict[str, Any]]], metrics: dict
 ) -> None:
@@ -485,7 +471,7 @@ def write_outputs(
 
 def write_reports(markdown: str, tables: dict[str, list[dict[str, Any]]], cfg: EvaluateConfig, judged: bool) -> None:
     for name, rows in tables.items():
-        write_text(plotdata.csv_text(rows, PLOT_TABLES[name]), OUT_DIR / f"{name}.csv")
+        write_text(plotdata.csv_text(rows, plotdata.COLUMNS[name]), OUT_DIR / f"{name}.csv")
     write_text(markdown, REPORT)
     page = report_html.render(markdown, tables, cfg.decision.metric, cfg.decision.min_delta, judged)
     write_text(page, REPORT_HTML)
@@ -511,7 +497,7 @@ def main(params_path: Path) -> None:
     metrics = flat_metrics(preds, gate_answers, scoring, cfg) | judge_info
     write_outputs(answers, preds, metrics)
     text = report.render(metrics, cfg, report.info(params, EVAL_DATA, BASE_DIR, ADAPTER_DIR), preds, scoring)
-    write_reports(text, plot_tables(preds, metrics, cfg), cfg, scoring.judge)
+    write_reports(text, plotdata.tables(preds, metrics, cfg.max_new_tokens), cfg, scoring.judge)
     write_metrics(metrics, "evaluate", headline_keys(cfg))
     log.info(
         "evaluate: %d questions, delta %s %s [%s, %s] -> %s (%s)",

@@ -363,7 +363,7 @@ def test_max_questions_caps_the_eval_set(eval_project: Path) -> None:
 
 def test_judge_distribution_is_all_zero_without_a_judge() -> None:
     preds = {side: [{"answer": "x"}, {"answer": "y"}] for side in ("adapter", "base")}
-    rows = plotdata.csv_text(plotdata.judge_rows(preds), evaluate.PLOT_TABLES["judge_scores"]).splitlines()
+    rows = plotdata.csv_text(plotdata.judge_rows(preds), plotdata.COLUMNS["judge_scores"]).splitlines()
     assert rows == ["side,score,answers", *(f"{side},{score},0" for side in ("base", "adapter") for score in range(6))]
 
 

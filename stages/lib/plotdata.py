@@ -14,6 +14,20 @@ SIDES = ("base", "adapter", "base+rag", "adapter+rag")  # report order; "+rag": 
 COMPARED = {"adapter": "delta", "base+rag": "delta.base+rag", "adapter+rag": "delta.adapter+rag"}  # vs base
 UNBOUNDED = ("mean_answer_tokens", "mean_latency_s", "judge_mean", "judge_unparseable")  # not on a 0-1 axis
 LENGTH_BUCKETS = 8
+COLUMNS = {  # data/evaluate/<name>.csv, drawn by the dvc.yaml plot of the same name
+    "judge_scores": ("side", "score", "answers"),
+    "answer_lengths": ("side", "tokens", "answers"),
+    "intervals": ("metric", "side", "delta", "ci_low", "ci_high"),
+}
+
+
+def tables(preds: dict[str, list[dict[str, Any]]], metrics: dict[str, Any], max_new_tokens: int) -> dict:
+    """Each table of COLUMNS as rows, for evaluate to write and reports/decision.html to chart."""
+    return {
+        "judge_scores": judge_rows(preds),
+        "answer_lengths": length_rows(preds, max_new_tokens),
+        "intervals": interval_rows(metrics),
+    }
 
 
 def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
