@@ -11,8 +11,9 @@ Run: `loradag split` (or `dvc repro split`). Writes `data/split/train.parquet`, 
 
 from __future__ import annotations
 
+import csv
 import hashlib
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -137,13 +138,14 @@ def split_metrics(train: pl.DataFrame, eval_: pl.DataFrame, cfg: SplitConfig) ->
 
 
 def per_source_csv(stats: dict[str, Any]) -> str:
-    """source,part,pairs from the per_source.<source>.<part> counts (a source name may hold commas: quoted)."""
-    lines = ["source,part,pairs"]
+    """source,part,pairs from the per_source.<source>.<part> counts (csv quotes a source name with a comma)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("source", "part", "pairs"))
     for key, count in stats.items():
         if key.startswith("per_source."):
-            source, part = key.removeprefix("per_source.").rsplit(".", 1)
-            lines.append(f"{json.dumps(source, ensure_ascii=False)},{part},{count}")
-    return "\n".join(lines) + "\n"
+            writer.writerow((*key.removeprefix("per_source.").rsplit(".", 1), count))
+    return out.getvalue()
 
 
 def main(params_path: Path) -> None:
