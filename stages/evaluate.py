@@ -11,7 +11,8 @@ before generation starts); paired bootstrap intervals (stages/lib/verdict.py) an
 (stages/lib/gates.py), all declared in `evaluate` before the run, decide.
 
 Run: `loradag evaluate` (or `dvc repro evaluate`). Writes `data/evaluate/preds_{base,adapter,rag,gates}.jsonl`,
-`data/evaluate/judge_scores.csv`, `metrics/evaluate.json` and `reports/decision.md`.
+the plot tables `data/evaluate/{judge_scores,answer_lengths,intervals}.csv`, `metrics/evaluate.json` (the
+verdict and its interval), `metrics/all/evaluate.json` (every number) and `reports/decision.{md,html}`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import Any
 
 import polars as pl
 
-from stages.lib import chat, report
+from stages.lib import chat, plotdata, report, report_html
 from stages.lib.backends import BACKENDS, ChatBackend, config_with_backends, make_backend
-from stages.lib.common import UserError, log, read_table, write_json, write_jsonl, write_text
+from stages.lib.common import UserError, log, read_table, write_jsonl, write_metrics, write_text
 from stages.lib.gates import GATES, gate_metrics, run_gates
 from stages.lib.metrics import (
     ANSWER_METRICS,
@@ -42,6 +43,7 @@ from stages.lib.metrics import (
 )
 from stages.lib.pairs import history_messages, refusal_phrases, refusal_regex
 from stages.lib.params import NOT_A_PARAM, ConfigError, from_dict, load_params, require
+from stages.lib.plotdata import COMPARED
 from stages.lib.progress import progress
 from stages.lib.retrieval import build_index, passages
 from stages.lib.verdict import (
@@ -58,12 +60,8 @@ ADAPTER_DIR = Path("models/adapter")
 EVAL_DATA = Path("data/split/eval.parquet")
 RECORDS = Path("data/extract/records.parquet")
 OUT_DIR = Path("data/evaluate")
-JUDGE_CSV = OUT_DIR / "judge_scores.csv"
-METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports/decision.md")
-
-SIDES = ("base", "adapter", "base+rag", "adapter+rag")  # report order; "+rag": with retrieved passages
-COMPARED = {"adapter": "delta", "base+rag": "delta.base+rag", "adapter+rag": "delta.adapter+rag"}  # vs base
+REPORT_HTML = Path("reports/decision.html")
 JUDGE_SYSTEM = (
     "You grade an answer against a reference answer to the same question. Scores: 0 = a refusal or no content; "
     "1 = wrong on the key fact; 3 = directionally right but incomplete or imprecise; 5 = correct and as terse as "
@@ -393,19 +391,6 @@ def start_judge(cfg: EvaluateConfig) -> tuple[ChatBackend, dict[str, Any]]:
     return judge, info | judge_agreement(judge, labelled)
 
 
-def judge_distribution(preds: dict[str, list[dict[str, Any]]]) -> str:
-    """CSV of how many answers got each score 0-5 per side, for `dvc plots` (all zero when no judge ran).
-
-    Unparseable replies have no score to plot; metrics/evaluate.json counts them (judge_unparseable).
-    """
-    sides = [side for side in SIDES if side in preds]
-    lines = ["score," + ",".join(sides)]
-    for score in range(6):
-        counts = [sum(row.get("judge_score") == score for row in preds[side]) for side in sides]
-        lines.append(f"{score}," + ",".join(map(str, counts)))
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------- decision
 
 
@@ -483,6 +468,12 @@ def flat_metrics(
 # ---------------------------------------------------------------- stage
 
 
+def headline_keys(cfg: EvaluateConfig) -> tuple[str, ...]:
+    """What metrics/evaluate.json holds for `dvc metrics show` / `dvc exp show`: the verdict and its interval."""
+    delta = f"delta.{cfg.decision.metric}"
+    return "decision.verdict", delta, f"{delta}.ci_low", f"{delta}.ci_high"
+
+
 def write_outputs(
     answers: dict[str, dict[str, list[dict[str, Any]]]], preds: dict[str, list[dict[str, Any]]], metrics: dict
 ) -> None:
@@ -498,8 +489,14 @@ def write_outputs(
         for row in rows
     ]
     write_jsonl(gated, OUT_DIR / "preds_gates.jsonl")
-    write_text(judge_distribution(preds), JUDGE_CSV)
-    write_json(metrics, METRICS)
+
+
+def write_reports(markdown: str, tables: dict[str, list[dict[str, Any]]], cfg: EvaluateConfig, judged: bool) -> None:
+    for name, rows in tables.items():
+        write_text(plotdata.csv_text(rows, plotdata.COLUMNS[name]), OUT_DIR / f"{name}.csv")
+    write_text(markdown, REPORT)
+    page = report_html.render(markdown, tables, cfg.decision.metric, cfg.decision.min_delta, judged)
+    write_text(page, REPORT_HTML)
 
 
 def main(params_path: Path) -> None:
@@ -522,7 +519,8 @@ def main(params_path: Path) -> None:
     metrics = flat_metrics(preds, gate_answers, scoring, cfg) | judge_info
     write_outputs(answers, preds, metrics)
     text = report.render(metrics, cfg, report.info(params, EVAL_DATA, BASE_DIR, ADAPTER_DIR), preds, scoring)
-    write_text(text, REPORT)
+    write_reports(text, plotdata.tables(preds, metrics, cfg.max_new_tokens), cfg, scoring.judge)
+    write_metrics(metrics, "evaluate", headline_keys(cfg))
     log.info(
         "evaluate: %d questions, delta %s %s [%s, %s] -> %s (%s)",
         questions.height,

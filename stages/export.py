@@ -11,12 +11,12 @@
   (peft would resolve a relative path against the working directory, and an absolute one would tie this hashed
   output to one machine), so peft's `AutoPeftModelForCausalLM` loads it from inside the folder only.
 
-Both folders carry a model card (README.md): evaluate's verdict, its metric table as metrics/evaluate.json holds
+Both folders carry a model card (README.md): evaluate's verdict, its metric table as metrics/all/evaluate.json holds
 it (intervals included where evaluate writes them), the data and base hashes and the training params. A
 discarded (or inconclusive) adapter is exported only with `export.allow_discarded: true`; without it the stage
 still succeeds, and `models/export/README.md` says why nothing was exported.
 
-Run: `loradag export` (or `dvc repro export`). Writes `models/export/` and `metrics/export.json`.
+Run: `loradag export` (or `dvc repro export`). Writes `models/export/` and `metrics/{,all/}export.json`.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from stages.lib import chat, hf_folder
-from stages.lib.common import UserError, atomic_dir, log, sha256_tree, write_json
+from stages.lib.common import UserError, atomic_dir, log, sha256_tree, write_json, write_metrics
 from stages.lib.params import load_params, section_config
 
 BASE_DIR = Path("models/base")
 ADAPTER_DIR = Path("models/adapter")
-EVALUATE_METRICS = Path("metrics/evaluate.json")
+EVALUATE_METRICS = Path("metrics/all/evaluate.json")
 MODEL_METRICS = Path("metrics/model.json")
 OUT_DIR = Path("models/export")
-METRICS = Path("metrics/export.json")
+HEADLINE = ("exported",)  # metrics/export.json; with the verdict, dtype, sizes: metrics/all/export.json
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 GENERATION_MAX_NEW_TOKENS = 256  # a default for model.generate(); callers set their own
@@ -48,7 +48,7 @@ class ExportConfig:
 
 
 def read_verdict(evaluation: dict[str, Any]) -> tuple[bool, str]:
-    """(keep, verdict) from metrics/evaluate.json: `decision.verdict` where evaluate writes one, else keep/discard."""
+    """(keep, verdict) from metrics/all/evaluate.json: `decision.verdict` if evaluate wrote one, else keep/discard."""
     if "decision.keep" not in evaluation:
         raise UserError(f"{EVALUATE_METRICS}: no decision.keep; run `loradag evaluate` (dvc repro evaluate) first")
     keep = bool(evaluation["decision.keep"])
@@ -68,7 +68,7 @@ def not_exported_card(verdict: str) -> str:
 
 
 def metric_table(evaluation: dict[str, Any]) -> list[str]:
-    """metrics/evaluate.json as a table: a row per metric, a column per prefix (base, adapter, delta, and any
+    """metrics/all/evaluate.json as a table: a row per metric, a column per prefix (base, adapter, delta, and any
     interval columns evaluate writes), read generically so new keys appear without a change here."""
     columns: list[str] = []
     rows: dict[str, dict[str, Any]] = {}
@@ -205,7 +205,7 @@ def main(params_path: Path) -> None:
     if not keep and not cfg.allow_discarded:
         with atomic_dir(OUT_DIR) as out:  # an export of an earlier adapter must not pass for this one
             (out / "README.md").write_text(not_exported_card(verdict), encoding="utf-8")
-        write_json({"exported": False, "keep": False, "verdict": verdict}, METRICS)
+        write_metrics({"exported": False, "keep": False, "verdict": verdict}, "export", HEADLINE)
         log.info("export: verdict %s, not exported (export.allow_discarded: false); see %s/README.md", verdict, OUT_DIR)
         return
     provenance = provenance_of(BASE_DIR, ADAPTER_DIR)
@@ -223,7 +223,7 @@ def main(params_path: Path) -> None:
             "exported": True, "keep": keep, "verdict": verdict, "dtype": base_dtype(BASE_DIR),
             "merged_mb": folder_mb(out / "merged"), "adapter_mb": folder_mb(out / "adapter"),
         }  # fmt: skip
-    write_json(metrics, METRICS)
+    write_metrics(metrics, "export", HEADLINE)
     log.info("export: %s -> %s/merged (%.0f MB), %s/adapter", "KEEP" if keep else "DISCARD", OUT_DIR,
              metrics["merged_mb"], OUT_DIR)  # fmt: skip
 

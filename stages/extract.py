@@ -9,7 +9,7 @@
   conversation is one record (its last turn the pair, the earlier turns its `history`).
 
 Run: `loradag extract` (or `dvc repro extract`). Writes `data/extract/records.parquet` and
-`metrics/extract.json` (files, records, skipped by reason).
+`metrics/extract.json` (records; `metrics/all/extract.json`: files, records, skipped by reason).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import polars as pl
 
 from stages.lib import articles, chat_datasets, mining
 from stages.lib.articles import chunk_article
-from stages.lib.common import UserError, log, sha256_bytes, sha256_tree, stable_id, write_json, write_parquet
+from stages.lib.common import UserError, log, sha256_bytes, sha256_tree, stable_id, write_metrics, write_parquet
 from stages.lib.pairs import encode_history
 from stages.lib.params import load_params, require, section_config
 
 OUT = Path("data/extract/records.parquet")
-METRICS = Path("metrics/extract.json")
+HEADLINE = ("records",)  # metrics/extract.json; skips by reason: metrics/all/extract.json
 
 ARTICLE_SUFFIXES = articles.SUFFIXES
 SKIP_REASONS = ("not_utf8", "empty", "parse_error", "bad_line", "tool_call", "vendored", "generated", "outside_root",
@@ -383,7 +383,7 @@ def main(params_path: Path) -> None:
     cfg = section_config(ExtractConfig, load_params(params_path), "extract")
     table, counts = extract(Path(cfg.root), cfg)
     write_parquet(table, OUT)
-    write_json({"kind": cfg.kind, **counts}, METRICS)
+    write_metrics({"kind": cfg.kind, **counts}, "extract", HEADLINE)
     skipped = {k: v for k, v in counts.items() if k.startswith("skipped_") and v}
     log.info(
         "extract: %d %s files -> %d records (skipped: %s)",

@@ -9,7 +9,8 @@
   `openai` / `transformers` prompt an LLM for JSON pairs (see stages/llm.py; replies cached in `cache_dir`).
 A question already asked about an earlier chunk (overlapping windows) is not asked again.
 
-Run: `loradag generate` (or `dvc repro generate`). Writes the pairs and `metrics/generate.json`.
+Run: `loradag generate` (or `dvc repro generate`). Writes the pairs, `metrics/generate.json` (pairs) and
+`metrics/all/generate.json` (per answer type, drops, cache use).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from stages.lib.backends import BACKENDS, ChatBackend, config_with_backends, extract_json, make_backend
-from stages.lib.common import UserError, log, read_table, sha256_bytes, stable_id, write_json, write_parquet
+from stages.lib.common import UserError, log, read_table, sha256_bytes, stable_id, write_metrics, write_parquet
 from stages.lib.extractive import ANSWER_TYPES, ExtractiveConfig, pick_pairs
 from stages.lib.pairs import PAIR_COLUMNS, normalize_question, pair_schema
 from stages.lib.params import NOT_A_PARAM, load_params, require
@@ -30,7 +31,7 @@ from stages.lib.progress import progress
 
 RECORDS = Path("data/extract/records.parquet")
 OUT = Path("data/generate/pairs.parquet")
-METRICS = Path("metrics/generate.json")
+HEADLINE = ("pairs",)  # metrics/generate.json; per answer type, drops, cache: metrics/all/generate.json
 
 REQUIRED = {
     "article": ("id", "source", "source_sha256", "chunk_index", "text"),
@@ -291,7 +292,7 @@ def main(params_path: Path) -> None:
             "`generate.backend: extractive` needs no model"
         )
     write_parquet(table, OUT)
-    write_json(metrics, METRICS)
+    write_metrics(metrics, "generate", HEADLINE)
     log.info(
         "generate: %d records -> %d pairs with %s (%d malformed replies, %d duplicates dropped)",
         records.height,

@@ -5,26 +5,30 @@ sources on one side (right for code: no file on both sides). A leakage check the
 eval pair whose normalised question, or whose answer from the same source, also appears in train.
 
 Run: `loradag split` (or `dvc repro split`). Writes `data/split/train.parquet`, `data/split/eval.parquet`
-and `metrics/split.json` (sizes per side and per source, pairs moved by the leakage check).
+`data/split/per_source.csv` (for `dvc plots`), `metrics/split.json` (sizes per side) and `metrics/all/split.json`
+(also per source, and pairs moved by the leakage check).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib.common import UserError, log, read_table, write_json, write_parquet
+from stages.lib.common import UserError, log, read_table, write_metrics, write_parquet, write_text
 from stages.lib.pairs import PAIR_COLUMNS, question_key
 from stages.lib.params import load_params, require, section_config
 
 INPUT = Path("data/validate/valid.parquet")
 TRAIN = Path("data/split/train.parquet")
 EVAL = Path("data/split/eval.parquet")
-METRICS = Path("metrics/split.json")
+HEADLINE = ("train", "eval")  # metrics/split.json; per source: metrics/all/split.json
+PER_SOURCE = Path("data/split/per_source.csv")  # pairs per source and side, for `dvc plots`
 
 
 @dataclass(frozen=True)
@@ -133,13 +137,25 @@ def split_metrics(train: pl.DataFrame, eval_: pl.DataFrame, cfg: SplitConfig) ->
     return stats
 
 
+def per_source_csv(stats: dict[str, Any]) -> str:
+    """source,part,pairs from the per_source.<source>.<part> counts (csv quotes a source name with a comma)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("source", "part", "pairs"))
+    for key, count in stats.items():
+        if key.startswith("per_source."):
+            writer.writerow((*key.removeprefix("per_source.").rsplit(".", 1), count))
+    return out.getvalue()
+
+
 def main(params_path: Path) -> None:
     cfg = section_config(SplitConfig, load_params(params_path), "split")
     pairs = read_table(INPUT, "validate", PAIR_COLUMNS).select(list(PAIR_COLUMNS))
     train, eval_, stats = split_pairs(pairs, cfg)
     write_parquet(train, TRAIN)
     write_parquet(eval_, EVAL)
-    write_json({"strategy": cfg.strategy, **stats}, METRICS)
+    write_text(per_source_csv(stats), PER_SOURCE)
+    write_metrics({"strategy": cfg.strategy, **stats}, "split", HEADLINE)
     log.info(
         "split: %d train / %d eval pairs (%s, %d moved by the leakage check)",
         stats["train"],

@@ -8,7 +8,7 @@ the base in bitsandbytes NF4 (CUDA only). Loss and eval loss are logged per step
 
 Run: `loradag train` (or `dvc repro train`). Writes `models/adapter/` (adapter_config.json,
 adapter_model.safetensors, evidence.json: nothing else, so vLLM `--lora-modules` can load it as is)
-and `metrics/train.json`.
+and `metrics/train.json` (train/eval loss; `metrics/all/train.json` adds timings, memory, parameter counts).
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ from typing import Any, Literal
 import polars as pl
 
 from stages.lib import chat, checkpoints, launch
-from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
+from stages.lib.common import (
+    UserError,
+    atomic_dir,
+    log,
+    read_table,
+    sha256_file,
+    sha256_tree,
+    write_json,
+    write_metrics,
+)
 from stages.lib.pairs import history_messages
 from stages.lib.params import ConfigError, load_params, require, section_config
 from stages.lib.progress import LogLines
@@ -41,7 +50,7 @@ BASE_DIR = Path("models/base")
 TRAIN_DATA = Path("data/split/train.parquet")
 EVAL_DATA = Path("data/split/eval.parquet")
 OUT_DIR = Path("models/adapter")
-METRICS = Path("metrics/train.json")
+HEADLINE = ("train_loss", "eval_loss")  # metrics/train.json; timings, memory, parameters: metrics/all/train.json
 LIVE_DIR = Path("dvclive/train")
 LOCK_FILE = Path("requirements.lock")  # the exact environment scripts/setup.sh installs
 CHECKPOINTS = Path("models/checkpoints")  # not a DVC output: see stages/lib/checkpoints.py
@@ -345,8 +354,8 @@ def run_training(trainer: Any, cfg: TrainConfig, resume: Path | None = None) -> 
     trainable, total = trainer.model.get_nb_trainable_parameters()
     runtime = output.metrics["train_runtime"]
     return {
-        "train_loss": sum(losses) / len(losses) if losses else math.nan,
-        "eval_loss": eval_losses[-1] if eval_losses else math.nan,
+        "train_loss": round(sum(losses) / len(losses), 4) if losses else math.nan,
+        "eval_loss": round(eval_losses[-1], 4) if eval_losses else math.nan,
         "runtime_s": runtime,
         "samples_per_s": output.metrics["train_samples_per_second"],
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
@@ -485,7 +494,7 @@ def train_and_save(
             save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision), gathered)
     if not writer:
         return
-    write_json(metrics, METRICS)
+    write_metrics(metrics, "train", HEADLINE)
     checkpoints.clear(CHECKPOINTS)
     log.info(
         "train: %d steps (%s) -> %s: train_loss %.4f, eval_loss %.4f, %.1f s",

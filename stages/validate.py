@@ -29,8 +29,8 @@ from stages.lib.common import (
     log,
     read_table,
     sha256_file,
-    write_json,
     write_jsonl,
+    write_metrics,
     write_parquet,
     write_text,
 )
@@ -48,7 +48,7 @@ INPUT = Path("data/generate/pairs.parquet")
 VALID = Path("data/validate/valid.parquet")
 REJECTED = Path("data/validate/rejected.jsonl")
 REPORTS = Path("reports/validate")
-METRICS = Path("metrics/validate.json")
+HEADLINE = ("valid",)  # metrics/validate.json; per rule: metrics/all/validate.json
 
 REQUIRED = ("id", "question", "answer", "source")
 EXPECTATIONS = (
@@ -344,7 +344,7 @@ def main(params_path: Path) -> None:
     with atomic_dir(REPORTS) as tmp:
         write_text(render_report(outcome, sha256_file(INPUT)), tmp / "index.html")
     write_jsonl(outcome.rejected, REJECTED)
-    write_json(metrics, METRICS)
+    write_metrics(metrics, "validate", HEADLINE)
     log.info(
         "validate: %d pairs -> %d valid, %d rejected (%s); sources below %d valid pairs: %s",
         metrics["rows"],
@@ -383,10 +383,11 @@ def render_report(outcome: Outcome, input_sha256: str) -> str:
         f"<p>Input <code>{INPUT}</code> (sha256 <code>{input_sha256}</code>): {m['rows']} pairs, "
         f"<b>{m['valid']} valid</b>, {m['rejected']} rejected (pass rate {m['pass_rate']}). "
         f"Checked by Great Expectations {gx_version()}.</p>",
-        "<table><tr><th>rule</th><th>expectation</th><th>arguments</th><th>rows that broke it</th></tr>",
+        "<table><tr><th>rule</th><th>expectation</th><th>arguments</th><th>result</th></tr>",
     ]
     for rule in outcome.rules:
-        verdict = f'<span class="fail">{len(rule.failed)}</span>' if rule.failed else '<span class="pass">0</span>'
+        failed = f"FAIL: {len(rule.failed)} row{'s' * (len(rule.failed) > 1)}"
+        verdict = f'<span class="fail">{failed}</span>' if rule.failed else '<span class="pass">pass</span>'
         arguments = html.escape(json.dumps(rule.kwargs, sort_keys=True, ensure_ascii=False))
         lines.append(
             f"<tr><td>{rule.name}</td><td><code>{rule.expectation}</code></td>"
@@ -396,6 +397,7 @@ def render_report(outcome: Outcome, input_sha256: str) -> str:
     if outcome.below_min:
         below = ", ".join(f"{html.escape(s)} ({n})" for s, n in outcome.below_min.items())
         lines.append(f"<p>Sources below the minimum of valid pairs: {below}</p>")
+    lines += source_table(outcome)
     lines.append(f"<h2>Rejected pairs ({len(outcome.rejected)})</h2>")
     if outcome.rejected:
         lines.append("<table><tr><th>id</th><th>source</th><th>question</th><th>answer</th><th>broke</th></tr>")
@@ -404,6 +406,22 @@ def render_report(outcome: Outcome, input_sha256: str) -> str:
             lines.append("<tr>" + "".join(f"<td>{html.escape(str(c or ''))}</td>" for c in cells) + "</tr>")
         lines.append("</table>")
     return "\n".join(lines) + "\n</body></html>\n"
+
+
+def source_table(outcome: Outcome) -> list[str]:
+    """Pairs per source: how many came in, stayed valid and were rejected."""
+    valid = dict(outcome.valid.group_by("source").len().iter_rows())
+    rejected: dict[str, int] = {}
+    for row in outcome.rejected:
+        rejected[row["source"] or ""] = rejected.get(row["source"] or "", 0) + 1
+    lines = [
+        "<h2>Pairs per source</h2>",
+        "<table><tr><th>source</th><th>pairs</th><th>valid</th><th>rejected</th></tr>",
+    ]
+    for source in sorted(set(valid) | set(rejected)):
+        counts = (valid.get(source, 0) + rejected.get(source, 0), valid.get(source, 0), rejected.get(source, 0))
+        lines.append(f"<tr><td>{html.escape(source)}</td>" + "".join(f"<td>{n}</td>" for n in counts) + "</tr>")
+    return [*lines, "</table>"]
 
 
 def gx_version() -> str:

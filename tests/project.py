@@ -110,4 +110,4 @@ def run_generate_stage(root: Path, monkeypatch: Any, openai: dict[str, Any], tex
     (root / "data" / "extract").mkdir(parents=True)
     pl.DataFrame(rows).write_parquet(root / "data" / "extract" / "records.parquet")
     main(root / "params.yaml")
-    return json.loads((root / "metrics" / "generate.json").read_text())
+    return json.loads((root / "metrics" / "all" / "generate.json").read_text())  # every number, not just pairs

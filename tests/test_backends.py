@@ -212,7 +212,7 @@ def test_a_malformed_reply_is_not_cached_so_a_rerun_after_a_fix_asks_again(
     with pytest.raises(UserError, match="no pairs from 1 chunks"):
         run_generate_stage(tmp_path, monkeypatch, server.url, texts=["hello world"])
     generate_main(tmp_path / "params.yaml")
-    metrics = json.loads((tmp_path / "metrics" / "generate.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "all" / "generate.json").read_text())
     assert len(server.calls) == 2
     assert (metrics["pairs"], metrics["dropped_malformed"], metrics["cache_misses"]) == (1, 0, 1)
 

@@ -220,7 +220,7 @@ def test_a_sharegpt_multi_turn_file_goes_through_the_whole_dag(tmp_path: Path) -
     assert json.loads(project.read("metrics/extract.json"))["records"] == len(chats)
     split = json.loads(project.read("metrics/split.json"))
     assert split["train"] + split["eval"] == len(chats)  # one pair per conversation, every one valid
-    trained = json.loads(project.read("metrics/train.json"))
+    trained = json.loads(project.read("metrics/all/train.json"))
     assert trained["train_examples"] == split["train"]
     train_pairs = pl.read_parquet(project.root / "data/split/train.parquet")
     turns = {
@@ -233,5 +233,5 @@ def test_a_sharegpt_multi_turn_file_goes_through_the_whole_dag(tmp_path: Path) -
     for pred in preds:  # ... after the earlier turns, the record's own system prompt included
         earlier = last_turns[pred["question"]]
         assert [m["content"] for m in pred["history"]] == [t["value"] for t in earlier]
-    assert json.loads(project.read("metrics/evaluate.json"))["eval_questions"] == len(preds)
+    assert json.loads(project.read("metrics/all/evaluate.json"))["eval_questions"] == len(preds)
     assert "Verdict" in project.read("reports/decision.md")

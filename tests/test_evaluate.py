@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from offline import external_references
 
 from stages import evaluate
-from stages.lib import chat, report
+from stages.lib import chat, plotdata, report
 from stages.lib import metrics as scoring
 from stages.lib.common import UserError, write_parquet
 from stages.lib.pairs import refusal_regex
@@ -278,7 +279,10 @@ def test_main_answers_every_set_in_batches_and_reports_the_metrics(
     ] * 2 + [("safety", "adapter")] * 2
     assert all(row["tokens"] <= 4 for row in gated)
 
-    metrics = json.loads(Path("metrics/evaluate.json").read_text())
+    metrics = json.loads(Path("metrics/all/evaluate.json").read_text())
+    headline = json.loads(Path("metrics/evaluate.json").read_text())  # what `dvc metrics show` lists
+    compared = ("decision.verdict", *(f"delta.judge_mean{s}" for s in ("", ".ci_low", ".ci_high")))
+    assert headline == {key: metrics[key] for key in compared}  # the decision metric is judge_mean here
     assert metrics["eval_questions"] == 5
     for name in ("refusal_rate", "exact_match", "token_f1", "degenerate_rate", "judge_mean", "mean_latency_s"):
         for side in sides:
@@ -299,15 +303,29 @@ def test_main_answers_every_set_in_batches_and_reports_the_metrics(
     assert metrics["decision.verdict"] in ("keep", "discard", "inconclusive")
     assert metrics["decision.keep"] is (metrics["decision.verdict"] == "keep")
 
-    csv = Path("data/evaluate/judge_scores.csv").read_text().splitlines()
-    assert csv[0] == "score,base,adapter,base+rag,adapter+rag"
-    assert csv[1:] == ["0,1,0,1,0", "1,1,0,1,0", "2,0,0,0,0", "3,1,0,1,0", "4,1,0,1,0", "5,0,5,0,5"]
+    judged = Path("data/evaluate/judge_scores.csv").read_text().splitlines()  # side,score,answers per bar
+    assert judged[0] == "side,score,answers" and len(judged) == 1 + 4 * 6
+    assert judged[1:7] == ["base,0,1", "base,1,1", "base,2,0", "base,3,1", "base,4,1", "base,5,0"]
+    assert judged[7:13] == [f"adapter,{score},{5 if score == 5 else 0}" for score in range(6)]
+    lengths = Path("data/evaluate/answer_lengths.csv").read_text().splitlines()
+    assert lengths[0] == "side,tokens,answers"
+    assert sum(int(line.split(",")[2]) for line in lengths[1:] if line.startswith("base,")) == 5  # every answer
+    intervals = Path("data/evaluate/intervals.csv").read_text().splitlines()
+    assert intervals[0] == "metric,side,delta,ci_low,ci_high"
+    row = next(line for line in intervals if line.startswith("token_f1,adapter,")).split(",")
+    assert [float(x) for x in row[2:]] == [metrics[f"delta.token_f1{s}"] for s in ("", ".ci_low", ".ci_high")]
 
     text = Path("reports/decision.md").read_text()
     assert text.splitlines()[2].startswith(f"**Verdict: {report.HEADLINES[metrics['decision.verdict']]}.**")
     assert f"judge_mean = {report.with_interval(metrics, 'delta.judge_mean')}" in text.splitlines()[2]
     assert "Spearman 1.0000" in text and "█" in text
     assert text.count("| What colour is the stage number") == 3  # examples_in_report
+
+    page = Path("reports/decision.html").read_text()  # the same report, charts inline
+    assert f"<strong>Verdict: {report.HEADLINES[metrics['decision.verdict']]}.</strong>" in page
+    assert page.count("<svg") == 3 and "<script" not in page  # intervals, answer lengths, judge scores
+    assert external_references(page) == []  # opens offline
+    assert page.count("What colour is the stage number") == 3 and page.index("<svg") < page.index("<table>")
 
 
 def test_a_dead_judge_endpoint_fails_before_any_generation(eval_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -350,9 +368,17 @@ def test_max_questions_caps_the_eval_set(eval_project: Path) -> None:
 
 
 def test_judge_distribution_is_all_zero_without_a_judge() -> None:
-    preds = {side: [{"answer": "x"}, {"answer": "y"}] for side in ("base", "adapter")}
-    rows = evaluate.judge_distribution(preds).splitlines()
-    assert rows == ["score,base,adapter", *(f"{score},0,0" for score in range(6))]
+    preds = {side: [{"answer": "x"}, {"answer": "y"}] for side in ("adapter", "base")}
+    rows = plotdata.csv_text(plotdata.judge_rows(preds), plotdata.COLUMNS["judge_scores"]).splitlines()
+    assert rows == ["side,score,answers", *(f"{side},{score},0" for side in ("base", "adapter") for score in range(6))]
+
+
+def test_answer_lengths_fall_in_eight_buckets_the_longest_in_the_last() -> None:
+    preds = {"base": [{"tokens": t} for t in (0, 11, 12, 95, 96)], "adapter": [{"tokens": 3}]}
+    rows = plotdata.length_rows(preds, max_new_tokens=96)
+    base = [(row["tokens"], row["answers"]) for row in rows if row["side"] == "base"]
+    assert base == [(0, 2), (12, 1), (24, 0), (36, 0), (48, 0), (60, 0), (72, 0), (84, 2)]
+    assert sum(row["answers"] for row in rows if row["side"] == "adapter") == 1
 
 
 # ---------------------------------------------------------------- report

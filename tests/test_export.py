@@ -37,7 +37,7 @@ def project(tiny_model_dir: Path, tiny_adapters: dict[str, Path], tmp_path_facto
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(tiny_model_dir, root / export.BASE_DIR)
     shutil.copytree(tiny_adapters["a"], root / export.ADAPTER_DIR)
-    (root / "metrics").mkdir()
+    (root / export.EVALUATE_METRICS).parent.mkdir(parents=True)
     (root / export.EVALUATE_METRICS).write_text(json.dumps(EVALUATION))
     (root / "params.yaml").write_text("export:\n  allow_discarded: false\n")
     with pytest.MonkeyPatch.context() as patch:
@@ -116,7 +116,8 @@ def test_the_model_cards_hold_the_verdict_metrics_hashes_and_params(project: Pat
         assert "| metric | adapter | base | delta |" in card and "| token_f1 | 0.2500 | 0.1250 | 0.1250 |" in card
         assert "| token_f1_ci95 |  |  | [0.0500, 0.2000] |" in card
         assert f"base_folder: `{export.sha256_tree(project / export.BASE_DIR)}`" in card
-    metrics = json.loads((project / export.METRICS).read_text())
+    assert json.loads((project / "metrics/export.json").read_text()) == {"exported": True}  # dvc metrics show
+    metrics = json.loads((project / "metrics/all/export.json").read_text())
     assert metrics["keep"] is True and metrics["dtype"] == "float32" and metrics["merged_mb"] > 0
 
 
@@ -126,7 +127,11 @@ def test_a_discarded_adapter_is_exported_only_when_asked(project: Path, monkeypa
     export.main(Path("params.yaml"))  # succeeds, so `dvc repro` stays green, and ships nothing
     assert [p.name for p in export.OUT_DIR.iterdir()] == ["README.md"]  # no earlier export passes for this one
     assert "**DISCARD**" in (export.OUT_DIR / "README.md").read_text()
-    assert json.loads(export.METRICS.read_text()) == {"exported": False, "keep": False, "verdict": "discard"}
+    assert json.loads(Path("metrics/all/export.json").read_text()) == {
+        "exported": False,
+        "keep": False,
+        "verdict": "discard",
+    }
     Path("params.yaml").write_text("export:\n  allow_discarded: true\n")
     export.main(Path("params.yaml"))
     card = (export.OUT_DIR / "merged" / "README.md").read_text()
@@ -158,5 +163,5 @@ def test_dvc_repro_export_on_smollm2_ships_folders_that_answer_as_evaluate_did(
         answers = chat.generate(model, tokenizer, conversations, sampling, QUICK_PARAMS["evaluate.batch_size"])
         assert [a.text for a in answers] == [p["answer"] for p in preds], kind
     card = (elsewhere / "merged" / "README.md").read_text()
-    keep = json.loads(project.read("metrics/evaluate.json"))["decision.keep"]
+    keep = json.loads(project.read("metrics/all/evaluate.json"))["decision.keep"]
     assert ("**Verdict: KEEP**" if keep else "**Verdict: DISCARD") in card and "embedded:smollm2-135m-instruct" in card

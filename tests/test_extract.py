@@ -209,7 +209,7 @@ def test_python_only_code_needs_no_go_toolchain(monkeypatch: pytest.MonkeyPatch)
 def test_real_dvc_mines_go_code_and_reruns_extract_when_the_go_program_changes(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "loradag", {"extract.kind": "code", "extract.root": "tests/fixtures/code_go"})
     project.dvc("repro", "extract")  # builds the go/ast program first unless the cache holds it
-    metrics = json.loads(project.read("metrics/extract.json"))
+    metrics = json.loads(project.read("metrics/all/extract.json"))
     assert (metrics["files"], metrics["records"]) == (5, 8)
     program = project.root / "stages/lib/goast/main.go"
     program.write_text(program.read_text() + "\n// an edit\n")

@@ -198,7 +198,7 @@ def test_main_writes_pairs_and_metrics(tmp_path: Path, monkeypatch: pytest.Monke
     assert pairs.height == 4 and set(pairs["generator"]) == {"extractive"}
     for row in pairs.iter_rows(named=True):
         assert row["answer"] in row["context"]
-    metrics = json.loads((tmp_path / "metrics" / "generate.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "all" / "generate.json").read_text())
     assert (metrics["chunks"], metrics["pairs"], metrics["pairs_per_chunk_mean"]) == (2, 4, 2.0)
     assert metrics["dropped_malformed"] == 0 and metrics["cache_hits"] == 0
 

@@ -139,7 +139,7 @@ def tiny_project(root: Path, tiny_model_dir: Path, make_pairs: Any, params: str)
 def run_train(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.chdir(root)
     train.main(Path("params.yaml"))
-    return json.loads(Path("metrics/train.json").read_text())
+    return json.loads(Path("metrics/all/train.json").read_text())
 
 
 def curve(root: Path, name: str = "train/loss") -> list[tuple[int, float]]:
@@ -216,7 +216,7 @@ def forget_train_outputs(project: Project) -> None:
     """So that `dvc repro train` trains again (missing outputs), with nothing of the last run to fall back on."""
     for output in TRAIN_OUTPUTS:
         shutil.rmtree(project.root / output)
-    (project.root / "metrics/train.json").unlink()
+    (project.root / "metrics/all/train.json").unlink()
 
 
 def kill_9_after_first_checkpoint(project: Project) -> Path:
@@ -261,4 +261,4 @@ def test_kill_9_under_dvc_repro_then_rerun_resumes_to_the_adapter_of_an_uninterr
     project.set_params({"train.max_steps": 2})
     log = project.dvc("repro", "train")
     assert "starting fresh" in log and "resuming" not in log
-    assert json.loads(project.read("metrics/train.json"))["steps"] == 2
+    assert json.loads(project.read("metrics/all/train.json"))["steps"] == 2

@@ -173,13 +173,13 @@ def test_s3_remote_with_credentials_from_the_environment_round_trips(
 
 @pytest.mark.slow
 def test_queued_sweep_keeps_each_experiment_outputs_and_exp_show_lists_them(sweeper: Project) -> None:
-    columns = "Experiment|decision.keep|delta.token_f1|trainable_params|eval_loss|train.lora.r|train.learning_rate"
+    columns = "Experiment|decision.verdict|delta.token_f1|eval_loss|train.lora.r|train.learning_rate"
     table = dvc_stdout(sweeper, "exp", "show", "--csv", "--drop", ".*", "--keep", columns)
     rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(table)) if row["Experiment"]}
     assert rows.keys() == {"r4", "r8-slow"}
-    assert {row["decision.keep"] for row in rows.values()} <= {"True", "False"}
+    assert {row["decision.verdict"] for row in rows.values()} <= {"keep", "discard", "inconclusive"}
     assert all(row["delta.token_f1"] for row in rows.values())
-    assert (rows["r4"]["trainable_params"], rows["r8-slow"]["trainable_params"]) == ("8192", "16384")
+    assert (rows["r4"]["train.lora.r"], rows["r8-slow"]["train.lora.r"]) == ("4", "8")
     assert rows["r4"]["eval_loss"] != rows["r8-slow"]["eval_loss"]
     assert float(rows["r8-slow"]["train.learning_rate"]) == 1e-4
 
@@ -198,16 +198,18 @@ def test_metrics_params_and_plots_diff_between_two_commits_that_differ_in_the_ra
     metrics = json.loads(dvc_stdout(sweeper, "metrics", "diff", "main", "rank-4", "--all", "--json"))
     for name in ("validate", "split", "train", "evaluate"):
         assert f"metrics/{name}.json" in metrics
-    trainable = metrics["metrics/train.json"]["trainable_params"]
-    assert (trainable["old"], trainable["new"]) == (32768, 8192)  # LoRA params scale with r: 2048 * r here
     assert metrics["metrics/train.json"]["eval_loss"]["diff"] != 0
-    assert {"decision.keep", "delta.token_f1"} <= metrics["metrics/evaluate.json"].keys()
+    assert {"decision.verdict", "delta.token_f1"} <= metrics["metrics/evaluate.json"].keys()
+    targets = ("--targets", "metrics/all/train.json")  # every number of train, not only the compared ones
+    every = json.loads(dvc_stdout(sweeper, "metrics", "diff", "main", "rank-4", "--all", "--json", *targets))
+    trainable = every["metrics/all/train.json"]["trainable_params"]
+    assert (trainable["old"], trainable["new"]) == (32768, 8192)  # LoRA params scale with r: 2048 * r here
     assert metrics["metrics/split.json"]["train"]["diff"] == 0  # same data on both sides
 
     params = json.loads(dvc_stdout(sweeper, "params", "diff", "main", "rank-4", "--json"))
     assert params == {"params.yaml": {"train.lora.r": {"old": 16, "new": 4, "diff": -12}}}
 
     plots = json.loads(dvc_stdout(sweeper, "plots", "diff", "main", "rank-4", "--json"))["data"]
-    for name in ("loss", "judge_scores"):
+    for name in ("loss", "judge_scores", "pairs_per_source", "intervals"):
         assert plots[name][0]["revisions"] == ["main", "rank-4"]
         assert {row["rev"] for row in plots[name][0]["content"]["data"]["values"]} == {"main", "rank-4"}

@@ -1,5 +1,6 @@
 """Stage split: stratification bounds, group splits, seeded determinism and the leakage check."""
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -60,6 +61,11 @@ def test_same_seed_same_bytes_other_seed_other_split(tmp_path: Path, monkeypatch
         outputs.append((Path("data/split/train.parquet").read_bytes(), Path("data/split/eval.parquet").read_bytes()))
     assert outputs[0] == outputs[1]
     assert outputs[0] != outputs[2]
+    table = Path("data/split/per_source.csv").read_text().splitlines()  # the pairs_per_source plot
+    assert table[0] == "source,part,pairs" and len(table) == 5
+    assert sum(int(line.rsplit(",", 1)[1]) for line in table[1:]) == 60
+    assert json.loads(Path("metrics/split.json").read_text()).keys() == {"train", "eval"}  # dvc metrics show
+    assert "per_source.a.md.eval" in json.loads(Path("metrics/all/split.json").read_text())
 
 
 def test_group_keeps_each_source_on_one_side() -> None:

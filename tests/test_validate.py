@@ -7,6 +7,7 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
+from offline import external_references
 
 from stages import validate
 from stages.lib.common import UserError, sha256_tree
@@ -273,7 +274,8 @@ def test_main_writes_valid_rejected_metrics_and_the_report(tmp_path: Path, monke
     assert pl.read_parquet("data/validate/valid.parquet").equals(frame(GOOD))
     rejected = [json.loads(line) for line in Path("data/validate/rejected.jsonl").read_text().splitlines()]
     assert rejected == [PLANTED | {"question": "Why?", "failed": ["question_words"]}]
-    metrics = json.loads(Path("metrics/validate.json").read_text())
+    assert json.loads(Path("metrics/validate.json").read_text()) == {"valid": 8}  # what `dvc metrics show` lists
+    metrics = json.loads(Path("metrics/all/validate.json").read_text())
     assert metrics["rows"] == 9 and metrics["valid"] == 8 and metrics["failed.question_words"] == 1
     assert metrics["failed.grounded"] == 0 and metrics["sources_below_min"] == 0
     report = Path("reports/validate/index.html").read_text(encoding="utf-8")
@@ -291,7 +293,9 @@ def test_the_report_is_the_same_bytes_for_the_same_pairs_and_loads_nothing(
     validate.main(params_path)
     assert sha256_tree("reports/validate") == first  # so dvc.lock keeps one hash for the same pairs
     report = Path("reports/validate/index.html").read_text(encoding="utf-8")
-    assert "http://" not in report and "https://" not in report and "<script" not in report
+    assert external_references(report) == [] and "<script" not in report  # opens offline
+    assert "<tr><td>faq.jsonl</td><td>3</td><td>2</td><td>1</td></tr>" in report  # pairs, valid, rejected
+    assert '<span class="fail">FAIL: 1 row</span>' in report and '<span class="pass">pass</span>' in report
 
 
 def test_main_stops_above_max_reject_fraction_without_a_valid_table(
@@ -305,7 +309,7 @@ def test_main_stops_above_max_reject_fraction_without_a_valid_table(
     with pytest.raises(UserError, match=r"1 of 9 pairs broke the contract.*no_refusal 1"):
         validate.main(params_path)
     assert not stale.exists()
-    assert json.loads(Path("metrics/validate.json").read_text())["failed.no_refusal"] == 1
+    assert json.loads(Path("metrics/all/validate.json").read_text())["failed.no_refusal"] == 1
     assert len(Path("data/validate/rejected.jsonl").read_text().splitlines()) == 1
     assert Path("reports/validate/index.html").exists()
 

@@ -113,6 +113,13 @@ def write_json(obj: Any, path: Path | str) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def write_metrics(metrics: dict[str, Any], stage: str, headline: tuple[str, ...]) -> None:
+    """metrics/<stage>.json: the few numbers people compare (DVC metrics, so `dvc metrics show` and `dvc exp show`
+    fit a terminal); metrics/all/<stage>.json: every number of the stage (per source, per rule, timings)."""
+    write_json(metrics, Path("metrics/all") / f"{stage}.json")
+    write_json({key: metrics[key] for key in headline if key in metrics}, Path("metrics") / f"{stage}.json")
+
+
 def write_jsonl(rows: Iterable[dict[str, Any]], path: Path | str) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
