@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import chat
+from stages.lib import batching, chat
 from stages.lib.common import UserError, atomic_dir, log, read_table, sha256_file, sha256_tree, write_json
 from stages.lib.params import ConfigError, load_params, require, section_config
 
@@ -42,7 +42,6 @@ LIVE_DIR = Path("dvclive/train")
 LOCK_FILE = Path("requirements.lock")  # the exact environment scripts/setup.sh installs
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-EVAL_EVERY = 0.1  # eval loss every 10% of the steps (a float < 1 is a ratio for transformers), and at the end
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
 
 
@@ -82,6 +81,8 @@ class TrainConfig:
     max_length: int = 512
     seed: int = 42
     gradient_checkpointing: bool = False
+    batching: Literal["auto", "padded", "grouped", "padding_free"] = "auto"
+    eval_share: float = 0.1
 
     def __post_init__(self) -> None:
         chat.check_system_prompt(self.system_prompt)
@@ -94,6 +95,7 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
         require(self.max_length >= 16, "train.max_length", f"must be >= 16, got {self.max_length}")
+        require(0 < self.eval_share <= 1, "train.eval_share", f"must be in (0, 1], got {self.eval_share}")
 
 
 def check_quantization(quantization: str, cuda_available: bool) -> None:
@@ -153,7 +155,9 @@ def attach_lora(model: Any, cfg: TrainConfig) -> Any:
 # ---------------------------------------------------------------- trainer
 
 
-def sft_args(cfg: TrainConfig, precision: chat.Precision, output_dir: Path) -> Any:
+def sft_args(
+    cfg: TrainConfig, precision: chat.Precision, output_dir: Path, eval_steps: int = 1, mode: batching.Mode = "padded"
+) -> Any:
     """SFTConfig with every default that matters set explicitly (trl turns bf16 and checkpointing on)."""
     from trl import SFTConfig
 
@@ -166,10 +170,16 @@ def sft_args(cfg: TrainConfig, precision: chat.Precision, output_dir: Path) -> A
         bf16=precision.bf16, fp16=precision.fp16, use_cpu=precision.name == "fp32",
         activation_checkpointing=cfg.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False},
         # loss on the assistant answer (+ end of turn) only; one conversation per row
-        max_length=cfg.max_length, completion_only_loss=True, assistant_only_loss=False, packing=False,
-        logging_steps=1, eval_strategy="steps", eval_steps=EVAL_EVERY, save_strategy="no", report_to="none",
-        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        max_length=cfg.max_length, completion_only_loss=True, assistant_only_loss=False,
+        logging_steps=1, eval_strategy="steps", eval_steps=eval_steps, save_strategy="no", report_to="none",
+        dataloader_num_workers=0, **batching.sft_kwargs(mode),
     )  # fmt: skip
+
+
+def eval_cadence(cfg: TrainConfig, train_examples: int, eval_examples: int) -> int:
+    """Steps between eval-loss passes: together they cost about `train.eval_share` of the training time."""
+    steps = batching.total_steps(train_examples, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps)
+    return batching.eval_steps(steps, cfg.batch_size * cfg.grad_accum, eval_examples, cfg.eval_share)
 
 
 def eval_at_end_callback() -> Any:
@@ -233,12 +243,14 @@ def build_trainer(
     from datasets import Dataset
     from trl import SFTTrainer
 
+    mode = batching.pick(cfg.batching, cuda=precision.name != "fp32")
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(cfg, precision, output_dir),
+        args=sft_args(cfg, precision, output_dir, eval_cadence(cfg, len(train_df), len(eval_df)), mode),
         train_dataset=Dataset.from_list(conversations(train_df, cfg.system_prompt)),
         eval_dataset=Dataset.from_list(conversations(eval_df, cfg.system_prompt)),
         processing_class=tokenizer,
+        data_collator=batching.collator(mode, tokenizer.pad_token_id),
         callbacks=[eval_at_end_callback(), *callbacks],
     )
     if precision.lora_fp32:  # after SFTTrainer, which casts the LoRA params of a quantized model to bf16
@@ -274,12 +286,15 @@ def run_training(trainer: Any, cfg: TrainConfig) -> dict[str, Any]:
         output = trainer.train()
     state = trainer.state
     eval_losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
+    eval_s = sum(entry["eval_runtime"] for entry in state.log_history if "eval_runtime" in entry)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     runtime = output.metrics["train_runtime"]
     return {
         "train_loss": output.training_loss,
         "eval_loss": eval_losses[-1] if eval_losses else math.nan,
         "runtime_s": runtime,
+        "eval_runtime_s": eval_s,  # inside runtime_s; train.eval_share caps the share
+        "eval_share": eval_s / runtime if runtime > 0 else 0.0,
         "samples_per_s": output.metrics["train_samples_per_second"],
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
         "trainable_params": trainable,
