@@ -3,7 +3,9 @@
 Each pair becomes a conversation: prompt = [system `train.system_prompt`, user question], completion =
 [assistant answer]. trl's SFTTrainer applies the base model's chat template and computes the loss on the
 completion tokens only. Precision follows the device (`chat.pick_precision`); `train.quantization: 4bit` loads
-the base in bitsandbytes NF4 (CUDA only). Loss and eval loss are logged per step to `dvclive/train/`.
+the base in bitsandbytes NF4 (CUDA only). Batches are padding-free by default and the eval loss is computed
+a few times, within `train.eval_share` of the train time (`stages/lib/batching.py`). Loss is logged per step,
+eval loss per eval, to `dvclive/train/`.
 
 Run: `loradag train` (or `dvc repro train`). Writes `models/adapter/` (adapter_config.json,
 adapter_model.safetensors, evidence.json: nothing else, so vLLM `--lora-modules` can load it as is)
