@@ -3,8 +3,10 @@
 Each pair becomes a conversation (the chat core, stages/lib/chat.py): [system `train.system_prompt` (or the
 record's own), the earlier turns of a multi-turn pair, user question, assistant answer], rendered with
 `train.chat_template` and tokenized there; the loss falls on every assistant turn (text and end of turn) only.
-Precision follows the device (`chat.pick_precision`); `train.quantization: 4bit` loads
-the base in bitsandbytes NF4 (CUDA only). Loss and eval loss are logged per step to `dvclive/train/`.
+Precision follows the device (`chat.pick_precision`); `train.quantization: 4bit` loads the base in bitsandbytes
+NF4 (CUDA only). Batches are padding-free by default and the eval loss is computed a few times, within
+`train.eval_share` of the train time (`stages/lib/batching.py`). Loss is logged per step, eval loss per eval,
+to `dvclive/train/`.
 
 Run: `loradag train` (or `dvc repro train`). Writes `models/adapter/` (adapter_config.json,
 adapter_model.safetensors, evidence.json: nothing else, so vLLM `--lora-modules` can load it as is)
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from stages.lib import chat, checkpoints, launch
+from stages.lib import batching, chat, checkpoints, launch
 from stages.lib.common import (
     UserError,
     atomic_dir,
@@ -55,11 +57,11 @@ LIVE_DIR = Path("dvclive/train")
 LOCK_FILE = Path("requirements.lock")  # the exact environment scripts/setup.sh installs
 CHECKPOINTS = Path("models/checkpoints")  # not a DVC output: see stages/lib/checkpoints.py
 # the code that decides what a run computes: a checkpoint of other code is not resumed (dvc.yaml deps, too)
-CODE = ("stages.train", "stages.lib.chat", "stages.lib.checkpoints", "stages.lib.cli", "stages.lib.common",
-        "stages.lib.launch", "stages.lib.pairs", "stages.lib.params", "stages.lib.progress")  # fmt: skip
+CODE = ("stages.train", "stages.lib.batching", "stages.lib.chat", "stages.lib.checkpoints", "stages.lib.cli",
+        "stages.lib.common", "stages.lib.launch", "stages.lib.pairs", "stages.lib.params",
+        "stages.lib.progress")  # fmt: skip
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-EVAL_EVERY = 0.1  # eval loss every 10% of the steps (a float < 1 is a ratio for transformers), and at the end
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
 
 
@@ -104,6 +106,8 @@ class TrainConfig:
     save_total_limit: int = 1
     processes: int | Literal["auto"] = 1
     accelerate_config: str = ""
+    batching: Literal["auto", "padded", "grouped", "padding_free"] = "auto"
+    eval_share: float = 0.1
 
     def __post_init__(self) -> None:
         chat.check_system_prompt(self.system_prompt)
@@ -125,6 +129,7 @@ class TrainConfig:
         require(self.save_total_limit >= 1, "train.save_total_limit", f"must be >= 1, got {self.save_total_limit}")
         if self.processes != "auto":
             require(self.processes >= 1, "train.processes", f"must be auto or >= 1, got {self.processes}")
+        require(0 < self.eval_share <= 1, "train.eval_share", f"must be in (0, 1], got {self.eval_share}")
 
 
 def check_quantization(quantization: str, cuda_available: bool) -> None:
@@ -195,7 +200,9 @@ def attach_lora(model: Any, cfg: TrainConfig) -> Any:
 # ---------------------------------------------------------------- trainer
 
 
-def sft_args(cfg: TrainConfig, precision: chat.Precision, output_dir: Path) -> Any:
+def sft_args(
+    cfg: TrainConfig, precision: chat.Precision, output_dir: Path, eval_steps: int = 1, mode: batching.Mode = "padded"
+) -> Any:
     """SFTConfig with every default that matters set explicitly (trl turns bf16 and checkpointing on)."""
     from trl import SFTConfig
 
@@ -207,10 +214,9 @@ def sft_args(cfg: TrainConfig, precision: chat.Precision, output_dir: Path) -> A
         bf16=precision.bf16, fp16=precision.fp16, use_cpu=precision.name == "fp32",
         activation_checkpointing=cfg.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False},
         # loss on the assistant answer (+ end of turn) only; one conversation per row
-        max_length=cfg.max_length, completion_only_loss=True, assistant_only_loss=False, packing=False,
-        logging_steps=1, eval_strategy="steps", eval_steps=EVAL_EVERY, report_to="none",
-        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
-        **run_args(cfg, launch.world_size()),
+        max_length=cfg.max_length, completion_only_loss=True, assistant_only_loss=False,
+        logging_steps=1, eval_strategy="steps", eval_steps=eval_steps, report_to="none",
+        dataloader_num_workers=0, **batching.sft_kwargs(mode), **run_args(cfg, launch.world_size()),
     )  # fmt: skip
 
 
@@ -223,6 +229,12 @@ def run_args(cfg: TrainConfig, processes: int) -> dict[str, Any]:
         "save_total_limit": cfg.save_total_limit,
         "ddp_find_unused_parameters": False,  # every LoRA weight gets a gradient: skip DDP's extra graph walk
     }  # fmt: skip
+
+
+def eval_cadence(cfg: TrainConfig, train_examples: int, eval_examples: int) -> int:
+    """Steps between eval-loss passes: together they cost about `train.eval_share` of the training time."""
+    steps = batching.total_steps(train_examples, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps)
+    return batching.eval_steps(steps, cfg.batch_size * cfg.grad_accum, eval_examples, cfg.eval_share)
 
 
 def eval_at_end_callback() -> Any:
@@ -308,12 +320,14 @@ def build_trainer(
     from datasets import Dataset
     from trl import SFTTrainer
 
+    mode = batching.pick(cfg.batching, cuda=precision.name != "fp32")
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(cfg, precision, output_dir),
+        args=sft_args(cfg, precision, output_dir, eval_cadence(cfg, len(train_df), len(eval_df)), mode),
         train_dataset=Dataset.from_list(conversations(train_df, cfg.system_prompt, tokenizer)),
         eval_dataset=Dataset.from_list(conversations(eval_df, cfg.system_prompt, tokenizer)),
         processing_class=tokenizer,
+        data_collator=batching.collator(mode, tokenizer.pad_token_id),
         callbacks=[eval_at_end_callback(), checkpoints.no_checkpoint_at_end(), *callbacks],
     )
     if precision.lora_fp32:  # after SFTTrainer, which casts the LoRA params of a quantized model to bf16
@@ -351,12 +365,15 @@ def run_training(trainer: Any, cfg: TrainConfig, resume: Path | None = None) -> 
     eval_losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
     # the mean over every step, the resumed run's included (the trainer's training_loss covers this call only)
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    eval_s = sum(entry["eval_runtime"] for entry in state.log_history if "eval_runtime" in entry)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     runtime = output.metrics["train_runtime"]
     return {
         "train_loss": round(sum(losses) / len(losses), 4) if losses else math.nan,
         "eval_loss": round(eval_losses[-1], 4) if eval_losses else math.nan,
         "runtime_s": runtime,
+        "eval_runtime_s": eval_s,  # inside runtime_s; train.eval_share caps the share
+        "eval_share": eval_s / runtime if runtime > 0 else 0.0,
         "samples_per_s": output.metrics["train_samples_per_second"],
         "tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else 0.0,
         "trainable_params": trainable,

@@ -216,6 +216,8 @@ def test_main_writes_adapter_metrics_and_dvclive_curves(
             "train_loss",
             "eval_loss",
             "runtime_s",
+            "eval_runtime_s",
+            "eval_share",
             "samples_per_s",
             "tokens_per_s",
             "trainable_params",
@@ -246,7 +248,8 @@ def test_main_writes_adapter_metrics_and_dvclive_curves(
     loss = (live / "plots/metrics/train/loss.tsv").read_text().splitlines()
     eval_loss = (live / "plots/metrics/eval/loss.tsv").read_text().splitlines()
     assert loss[0] == "step\tloss" and [row.split("\t")[0] for row in loss[1:]] == ["1", "2"]  # the trainer's steps
-    assert [row.split("\t")[0] for row in eval_loss[1:]] == ["1", "2"]
+    assert [row.split("\t")[0] for row in eval_loss[1:]] == ["2"]  # 3 eval pairs vs 8 trained: the final eval only
+    assert 0 < metrics["eval_runtime_s"] < metrics["runtime_s"] and metrics["eval_share"] < 1
     # metrics/*.json round to 4 decimals; the curves keep every digit
     assert float(eval_loss[-1].split("\t")[1]) == pytest.approx(metrics["eval_loss"], abs=5e-5)
     assert json.loads((live / "metrics.json").read_text())["eval"]["loss"] == pytest.approx(
