@@ -239,8 +239,13 @@ def kill_9_after_first_checkpoint(project: Project) -> Path:
 
 
 @pytest.mark.slow
-def test_kill_9_under_dvc_repro_then_rerun_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "loradag", QUICK_PARAMS | {"train.max_steps": 4, "train.save_steps": 2})
+def test_kill_9_under_dvc_repro_then_rerun_resumes_to_the_adapter_of_an_uninterrupted_run(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # the tiny model as models/base (the model stage copies the folder): the run is seconds, not minutes, and 18
+    # steps after the first checkpoint leave the kill plenty of time to land mid-training
+    tiny = {"model.base": str(tiny_model_dir), "train.max_steps": 20, "train.save_steps": 2}
+    project = copy_project(tmp_path / "loradag", QUICK_PARAMS | tiny)
     project.dvc("repro", "train")
     uninterrupted = {output: sha256_tree(project.root / output) for output in TRAIN_OUTPUTS}
     assert not (project.root / train.CHECKPOINTS).exists()
