@@ -307,6 +307,14 @@ def progress_callback() -> Any:
     return StepLines()
 
 
+def quiet_trainer(trainer: Any) -> None:
+    """In a log, the step lines above say how far training is: drop the trainer's dict per step on stdout."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 def build_trainer(
     model: Any,
     tokenizer: Any,
@@ -505,6 +513,8 @@ def train_and_save(
         callbacks = [live_callback(live_dir)] if writer else []
         callbacks += [progress_callback()] if writer and not sys.stderr.isatty() else []
         trainer = build_trainer(peft_model, tokenizer, cfg, precision, train_df, eval_df, CHECKPOINTS, callbacks)
+        if not sys.stderr.isatty():
+            quiet_trainer(trainer)
         metrics = run_training(trainer, cfg, resume) | example_counts(trainer, train_df)
         gathered = gathered_weights(trainer)
         if writer:
