@@ -7,7 +7,8 @@ Each side trains in its own subprocess (so peak memory is its own), the sides in
     trl      plain `SFTTrainer` + `peft_config`: its default collator (pad to the longest of the batch), random
              sampler, no eval; the same LoRA, optimiser settings, precision and no gradient checkpointing
 
-Both get the same prompt/completion rows of data/split (or `--data`) and the same base: models/base (or
+Both get the same pairs of data/split (or `--data`): loradag as its chat core tokenizes them, TRL as conversational
+prompt/completion rows (its docs' shape), with the same base: models/base (or
 `--base`), else a tiny random-init Llama (say which in the results). Counted per optimizer step by a hook on
 the model's training forward: real (non-padding) tokens, examples, and the tokens the model computed on
 (padding included). The first `--warmup` steps are left out; `train_*` rates leave out eval time as well,
@@ -129,7 +130,7 @@ def load_rows(data: Path) -> tuple[Any, Any]:
     from stages.lib.common import read_table
 
     train_df, eval_df = (
-        read_table(data / f"{name}.parquet", "split", ["question", "answer"]) for name in ("train", "eval")
+        read_table(data / f"{name}.parquet", "split", ["question", "answer", "history"]) for name in ("train", "eval")
     )
     return train_df, eval_df
 
@@ -159,7 +160,6 @@ def run_trl(base: Path, data: Path, cfg: Any, warmup: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from stages import train  # the rows only: the same prompt/completion data both sides train on
     from stages.lib import chat
 
     precision = chat.device_precision()
@@ -180,7 +180,7 @@ def run_trl(base: Path, data: Path, cfg: Any, warmup: int) -> dict:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train.conversations(train_df, cfg.system_prompt)),
+        train_dataset=Dataset.from_list(prompt_completion_rows(train_df, cfg.system_prompt)),
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[meter.callback()],
@@ -188,6 +188,15 @@ def run_trl(base: Path, data: Path, cfg: Any, warmup: int) -> dict:
     trainer.model.register_forward_pre_hook(meter.forward_hook, with_kwargs=True)
     output = trainer.train()
     return summary(meter, warmup, output.metrics["train_runtime"], *peaks()) | {"train_loss": output.training_loss}
+
+
+def prompt_completion_rows(pairs: Any, system_prompt: str) -> list[dict[str, Any]]:
+    """The same pairs as TRL's docs shape them (conversational prompt/completion: loss on the completion only)."""
+    rows = []
+    for question, answer in pairs.select("question", "answer").iter_rows():
+        prompt = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
+    return rows
 
 
 def side_main(side: str, base: Path, data: Path, overrides: dict[str, Any], warmup: int, out: Path) -> None:
