@@ -458,13 +458,13 @@ def input_hashes() -> dict[str, str | None]:
     }
 
 
-def build_evidence(cfg: TrainConfig, precision: chat.Precision) -> dict[str, Any]:
+def build_evidence(cfg: TrainConfig, precision: chat.Precision, hashes: dict[str, str | None]) -> dict[str, Any]:
     return {
         "hardware": hardware(),
         "packages": package_versions(),
         "precision": precision.name,
         "params": dataclasses.asdict(cfg),
-        "sha256": input_hashes(),
+        "sha256": hashes,
     }
 
 
@@ -481,7 +481,8 @@ def main(params_path: Path) -> None:
     precision = chat.device_precision()
     columns = ["question", "answer", "history"]
     train_df, eval_df = (read_table(path, "split", columns) for path in (TRAIN_DATA, EVAL_DATA))
-    parts = {"sha256": input_hashes(), "code": checkpoints.code_hashes(CODE), "params": dataclasses.asdict(cfg),
+    hashes = input_hashes()  # read once: the fingerprint and the adapter's evidence name the same inputs
+    parts = {"sha256": hashes, "code": checkpoints.code_hashes(CODE), "params": dataclasses.asdict(cfg),
              "precision": precision.name, "processes": processes}  # fmt: skip
     fingerprint = checkpoints.fingerprint(parts)
     if launch.launched():  # one of several processes: the one that launched them prepared the checkpoints
@@ -491,7 +492,7 @@ def main(params_path: Path) -> None:
         if processes > 1:
             launch.relaunch(processes, params_path, cfg.accelerate_config, cuda)
             return
-    train_and_save(cfg, precision, train_df, eval_df, resume)
+    train_and_save(cfg, precision, train_df, eval_df, resume, hashes)
 
 
 def gathered_weights(trainer: Any) -> dict[str, Any] | None:
@@ -502,7 +503,12 @@ def gathered_weights(trainer: Any) -> dict[str, Any] | None:
 
 
 def train_and_save(
-    cfg: TrainConfig, precision: chat.Precision, train_df: pl.DataFrame, eval_df: pl.DataFrame, resume: Path | None
+    cfg: TrainConfig,
+    precision: chat.Precision,
+    train_df: pl.DataFrame,
+    eval_df: pl.DataFrame,
+    resume: Path | None,
+    hashes: dict[str, str | None],
 ) -> None:
     model = chat.load_model(BASE_DIR, precision, cfg.quantization)
     tokenizer = chat.load_tokenizer(BASE_DIR, chat_template=cfg.chat_template)
@@ -518,7 +524,7 @@ def train_and_save(
         metrics = run_training(trainer, cfg, resume) | example_counts(trainer, train_df)
         gathered = gathered_weights(trainer)
         if writer:
-            save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision), gathered)
+            save_adapter(peft_model, OUT_DIR, build_evidence(cfg, precision, hashes), gathered)
     if not writer:
         return
     write_metrics(metrics, "train", HEADLINE)
