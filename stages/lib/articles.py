@@ -14,7 +14,6 @@ from bisect import bisect_right
 from zipfile import BadZipFile
 
 SUFFIXES = (".md", ".markdown", ".txt", ".html", ".pdf", ".docx")
-BINARY_SUFFIXES = (".pdf", ".docx")
 
 FRONT_MATTER = re.compile(r"\A(?:---|\+\+\+)\n.*?\n(?:---|\+\+\+)\n", re.S)
 FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~).*$", re.M)
